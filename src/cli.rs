@@ -1,0 +1,273 @@
+//! The `olps` command line. Each command resolves the database (DATABASE_URL or the embedded
+//! default), applies pending migrations, and calls into the library.
+
+use std::process::ExitCode;
+
+use anyhow::Context;
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use sqlx::PgPool;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::db::{self, Database};
+use crate::http::{self, AppState};
+use crate::learner::{LearnerConfig, LrSchedule, ModelKind, OptimizerKind};
+use crate::models::{self, NewModel};
+use crate::schema;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "olps",
+    version,
+    about = "Online-learning parameter store backed by PostgreSQL"
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Apply the embedded schema migrations (safe to run again, and concurrently).
+    Migrate,
+    /// Run the HTTP service.
+    Serve(ServeArgs),
+    /// Create, list and show models.
+    #[command(subcommand)]
+    Model(ModelCommand),
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Address to listen on.
+    #[arg(long, env = "OLPS_LISTEN", default_value = "127.0.0.1:8080")]
+    pub listen: String,
+    /// Database connections in the service's pool.
+    #[arg(long, env = "OLPS_POOL_SIZE", default_value_t = 16)]
+    pub pool_size: u32,
+}
+
+#[derive(Debug, Clone, Copy, ValueEnum)]
+pub enum Format {
+    Table,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ModelCommand {
+    /// Create a model; prints its UUID as the last line.
+    Create(CreateModelArgs),
+    /// List models.
+    List {
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Show one model (by UUID or name) as JSON.
+    Show { model: String },
+}
+
+#[derive(Debug, Args)]
+pub struct CreateModelArgs {
+    #[arg(long)]
+    pub name: String,
+    #[arg(long)]
+    pub kind: ModelKind,
+    /// sgd, adagrad, rmsprop, adam or ftrl.
+    #[arg(long)]
+    pub optimizer: Option<OptimizerKind>,
+    #[arg(long)]
+    pub learning_rate: Option<f64>,
+    /// constant or invscaling (SGD only).
+    #[arg(long)]
+    pub lr_schedule: Option<LrSchedule>,
+    #[arg(long)]
+    pub l1: Option<f64>,
+    #[arg(long)]
+    pub l2: Option<f64>,
+    /// Clip each parameter's gradient to [-C, C]; 0 turns clipping off.
+    #[arg(long)]
+    pub clip_gradient: Option<f64>,
+    /// Online feature standardization (running mean and variance per feature).
+    #[arg(long)]
+    pub standardize: Option<bool>,
+    /// Full learner settings as JSON (fields of LearnerConfig); the flags above override it.
+    #[arg(long)]
+    pub settings: Option<String>,
+}
+
+impl CreateModelArgs {
+    fn learner_config(&self) -> anyhow::Result<LearnerConfig> {
+        let mut config: LearnerConfig = match &self.settings {
+            Some(json) => {
+                serde_json::from_str(json).context("--settings is not valid settings JSON")?
+            }
+            None => LearnerConfig::default(),
+        };
+        if let Some(v) = self.optimizer {
+            config.optimizer = v;
+        }
+        if let Some(v) = self.learning_rate {
+            config.learning_rate = v;
+        }
+        if let Some(v) = self.lr_schedule {
+            config.lr_schedule = v;
+        }
+        if let Some(v) = self.l1 {
+            config.l1 = v;
+        }
+        if let Some(v) = self.l2 {
+            config.l2 = v;
+        }
+        if let Some(v) = self.clip_gradient {
+            config.clip_gradient = v;
+        }
+        if let Some(v) = self.standardize {
+            config.standardize = v;
+        }
+        Ok(config)
+    }
+}
+
+/// Entry point of the binary: parses arguments, runs, prints errors.
+pub async fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_tracing();
+    match run(cli).await {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("OLPS_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,olps=info"));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}
+
+/// Resolves the database, says which one is used, and applies pending migrations.
+pub async fn prepare_database() -> anyhow::Result<Database> {
+    let database = db::resolve().await?;
+    eprintln!("olps: using {}", database.description);
+    let report = schema::migrate(&database.url).await?;
+    for name in &report.applied {
+        eprintln!("olps: applied migration {name}");
+    }
+    Ok(database)
+}
+
+async fn open(pool_size: u32) -> anyhow::Result<(Database, PgPool)> {
+    let database = prepare_database().await?;
+    let pool = db::connect(&database.url, pool_size).await?;
+    Ok((database, pool))
+}
+
+pub async fn run(cli: Cli) -> anyhow::Result<()> {
+    match cli.command {
+        Command::Migrate => {
+            let database = db::resolve().await?;
+            eprintln!("olps: using {}", database.description);
+            let report = schema::migrate(&database.url).await?;
+            if report.applied.is_empty() {
+                println!(
+                    "schema up to date (migration V{})",
+                    report.latest_version.unwrap_or(0)
+                );
+            } else {
+                for name in &report.applied {
+                    println!("applied {name}");
+                }
+            }
+            Ok(())
+        }
+        Command::Serve(args) => {
+            let (_, pool) = open(args.pool_size).await?;
+            let listener = TcpListener::bind(&args.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.listen))?;
+            let shutdown = shutdown_token();
+            tracing::info!(addr = %listener.local_addr()?, "serving");
+            http::serve(listener, AppState { pool }, shutdown).await?;
+            tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Model(command) => run_model(command).await,
+    }
+}
+
+async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
+    let (_, pool) = open(2).await?;
+    match command {
+        ModelCommand::Create(args) => {
+            let new = NewModel {
+                name: args.name.clone(),
+                kind: args.kind,
+                settings: args.learner_config()?,
+            };
+            let model = models::create(&pool, &new).await?;
+            println!(
+                "created {} model '{}' (optimizer {}, learning rate {})",
+                model.kind, model.name, model.settings.optimizer, model.settings.learning_rate
+            );
+            println!("{}", model.model_id);
+        }
+        ModelCommand::List { format } => {
+            let models = models::list(&pool).await?;
+            match format {
+                Format::Json => println!("{}", serde_json::to_string_pretty(&models)?),
+                Format::Table => {
+                    println!(
+                        "{:<36}  {:<24}  {:<8}  {:<8}  {:>8}  {:>10}  status",
+                        "model_id", "name", "kind", "optim", "version", "examples"
+                    );
+                    for m in models {
+                        println!(
+                            "{:<36}  {:<24}  {:<8}  {:<8}  {:>8}  {:>10}  {}",
+                            m.model_id,
+                            m.name,
+                            m.kind,
+                            m.settings.optimizer,
+                            m.version,
+                            m.examples_seen,
+                            m.status
+                        );
+                    }
+                }
+            }
+        }
+        ModelCommand::Show { model } => {
+            let model = models::find(&pool, &model).await?;
+            println!("{}", serde_json::to_string_pretty(&model)?);
+        }
+    }
+    Ok(())
+}
+
+/// A token cancelled on Ctrl-C or SIGTERM.
+pub fn shutdown_token() -> CancellationToken {
+    let token = CancellationToken::new();
+    let cancel = token.clone();
+    tokio::spawn(async move {
+        let ctrl_c = tokio::signal::ctrl_c();
+        #[cfg(unix)]
+        {
+            let mut term =
+                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+                    .expect("SIGTERM handler");
+            tokio::select! {
+                _ = ctrl_c => {},
+                _ = term.recv() => {},
+            }
+        }
+        #[cfg(not(unix))]
+        let _ = ctrl_c.await;
+        tracing::info!("shutdown requested; finishing in-flight work");
+        cancel.cancel();
+    });
+    token
+}

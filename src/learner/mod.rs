@@ -1,0 +1,454 @@
+//! The online learner: linear and logistic models trained one example at a time (prequentially:
+//! predict, measure the loss, then update), with SGD, AdaGrad, RMSprop, Adam or FTRL-Proximal
+//! per parameter, optional online feature standardization, and no I/O.
+//!
+//! A model is a set of named parameters: the intercept [`INTERCEPT`] and one weight per feature
+//! name. Each parameter carries its whole state in a [`ParamState`] (value, optimizer
+//! accumulators, counts, standardization statistics), so a caller can persist parameters one by
+//! one and resume bit for bit. Features are sparse: a feature absent from an example contributes
+//! nothing and its parameter is not touched.
+//!
+//! ## Determinism
+//! For the same config, starting state and examples (in the same order), the results are
+//! bit-identical however the `params` map was filled: each parameter is updated from its own
+//! state only, and sums over features run in feature-name order.
+
+mod config;
+mod example;
+mod optimizer;
+
+use std::collections::HashMap;
+
+pub use config::{
+    ConfigError, LearnerConfig, LrSchedule, ModelKind, OptimizerKind, ParseEnumError,
+};
+pub use example::{validate_label, Example, ExampleError};
+pub use optimizer::{contribution, standardized_value, GRAD_MAX, TERM_MAX, VALUE_MAX};
+
+use optimizer::sat;
+use serde::{Deserialize, Serialize};
+
+/// Name of the intercept (bias) parameter; reserved, no feature may use it.
+pub const INTERCEPT: &str = "__intercept__";
+
+/// Probabilities are clamped to `[P_MIN, 1 - P_MIN]` in the log loss.
+pub const P_MIN: f64 = 1e-15;
+
+/// Everything stored per parameter: its value plus optimizer and standardization state. Kept in
+/// PostgreSQL column by column (current_value, opt_m, opt_v, update_count, feature_mean,
+/// feature_m2) so a restart continues exactly where it stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+pub struct ParamState {
+    /// The parameter's value (a feature weight or the intercept).
+    pub value: f64,
+    /// First accumulator: Adam first moment; FTRL `z`. Unused (0) by SGD, AdaGrad, RMSprop.
+    pub m: f64,
+    /// Second accumulator: Adam second moment; AdaGrad sum of g^2; RMSprop mean of g^2; FTRL `n`.
+    pub v: f64,
+    /// Number of examples that touched this parameter (Adam's per-parameter bias correction;
+    /// the standardization count). Incremented whether or not standardization is on.
+    pub count: i64,
+    /// Running mean of the raw feature value (standardization, Welford). Stays 0 when
+    /// standardization is off, and for the intercept.
+    pub mean: f64,
+    /// Running sum of squared deviations of the raw feature value (Welford). Stays 0 when
+    /// standardization is off, and for the intercept.
+    pub m2: f64,
+}
+
+/// The outcome of one prequential step.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Step {
+    /// The prediction made with the state before the update.
+    pub prediction: f64,
+    /// The loss of that prediction (see [`loss`]).
+    pub loss: f64,
+    /// The base learning rate used by the update.
+    pub learning_rate: f64,
+}
+
+/// An online linear or logistic model: its settings and its parameters.
+#[derive(Debug, Clone)]
+pub struct Learner {
+    pub kind: ModelKind,
+    pub config: LearnerConfig,
+    /// The parameters by name; a missing key is a parameter in its initial state
+    /// (`ParamState::default()`: value 0, no history).
+    pub params: HashMap<String, ParamState>,
+    /// Model-level count of examples learned (drives the `invscaling` schedule); persisted by
+    /// the caller.
+    pub examples_seen: i64,
+}
+
+/// The logistic function, computed without overflow for any margin.
+#[inline]
+pub fn sigmoid(z: f64) -> f64 {
+    if z >= 0.0 {
+        1.0 / (1.0 + (-z).exp())
+    } else {
+        let e = z.exp();
+        e / (1.0 + e)
+    }
+}
+
+/// The loss of one prediction: squared error `(p - y)^2` for linear (saturated at `f64::MAX`),
+/// log loss `-(y ln p + (1 - y) ln(1 - p))` with `p` clamped to `[1e-15, 1 - 1e-15]` for
+/// logistic.
+pub fn loss(kind: ModelKind, prediction: f64, label: f64) -> f64 {
+    match kind {
+        ModelKind::Linear => {
+            let d = prediction - label;
+            sat(d * d, f64::MAX)
+        }
+        ModelKind::Logistic => {
+            let p = if prediction.is_nan() {
+                0.5
+            } else {
+                prediction.clamp(P_MIN, 1.0 - P_MIN)
+            };
+            sat(-(label * p.ln() + (1.0 - label) * (1.0 - p).ln()), f64::MAX)
+        }
+    }
+}
+
+/// Whether a feature slice is in the canonical order: strictly sorted by name (a slice with a
+/// repeated name takes the slow path, which also orders equal names by value).
+#[inline]
+fn is_sorted_by_name(features: &[(String, f64)]) -> bool {
+    features.windows(2).all(|w| w[0].0 < w[1].0)
+}
+
+impl Learner {
+    /// A learner with no parameters yet (every weight and the intercept start at 0). The config
+    /// is used as given: validate it first ([`LearnerConfig::validate`]).
+    pub fn new(kind: ModelKind, config: LearnerConfig) -> Learner {
+        Learner {
+            kind,
+            config,
+            params: HashMap::new(),
+            examples_seen: 0,
+        }
+    }
+
+    /// The state of one parameter (the default state when it has none yet).
+    pub fn param(&self, name: &str) -> ParamState {
+        self.params.get(name).copied().unwrap_or_default()
+    }
+
+    /// The intercept's value.
+    pub fn intercept(&self) -> f64 {
+        self.params.get(INTERCEPT).map_or(0.0, |s| s.value)
+    }
+
+    /// The input `x'` a feature with raw value `x` enters the model with (standardized when
+    /// configured, from the feature's current statistics).
+    pub fn feature_input(&self, name: &str, x: f64) -> f64 {
+        match self.params.get(name) {
+            Some(s) => standardized_value(self.config.standardize, x, s),
+            None => standardized_value(self.config.standardize, x, &ParamState::default()),
+        }
+    }
+
+    /// The contribution `w * x'` of one feature (0 for an unknown feature).
+    #[inline]
+    fn term(&self, name: &str, x: f64) -> f64 {
+        if name == INTERCEPT {
+            return 0.0;
+        }
+        match self.params.get(name) {
+            Some(s) => contribution(s.value, standardized_value(self.config.standardize, x, s)),
+            None => 0.0,
+        }
+    }
+
+    /// Raw model output before the link: intercept + sum_i w_i * x_i' (x' standardized when
+    /// configured). Unknown features count as weight 0; a feature named [`INTERCEPT`] is
+    /// ignored. The sum runs in feature-name order whatever the order of `features`, so the
+    /// result is bit-identical to the learner's own; it allocates only when `features` is not
+    /// already sorted by name (an [`Example`]'s features are).
+    pub fn margin(&self, features: &[(String, f64)]) -> f64 {
+        let mut sum = sat(self.intercept(), VALUE_MAX);
+        if is_sorted_by_name(features) {
+            for (name, x) in features {
+                sum += self.term(name, *x);
+            }
+        } else {
+            let mut sorted: Vec<&(String, f64)> = features.iter().collect();
+            sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
+            for (name, x) in sorted {
+                sum += self.term(name, *x);
+            }
+        }
+        sat(sum, TERM_MAX)
+    }
+
+    /// The link applied to a margin.
+    #[inline]
+    fn link(&self, margin: f64) -> f64 {
+        match self.kind {
+            ModelKind::Linear => margin,
+            ModelKind::Logistic => sigmoid(margin),
+        }
+    }
+
+    /// Prediction: the margin for linear, sigmoid(margin) for logistic (numerically stable).
+    /// Unknown features count as 0 weight. Never NaN or infinite.
+    pub fn predict(&self, features: &[(String, f64)]) -> f64 {
+        self.link(self.margin(features))
+    }
+
+    /// Per-feature contributions w_i * x_i' (for explain), in the given order, plus the
+    /// intercept as the last entry (named [`INTERCEPT`]). Their sum in feature-name order is
+    /// the margin.
+    pub fn contributions(&self, features: &[(String, f64)]) -> Vec<(String, f64)> {
+        let mut out = Vec::with_capacity(features.len() + 1);
+        for (name, x) in features {
+            if name != INTERCEPT {
+                out.push((name.clone(), self.term(name, *x)));
+            }
+        }
+        out.push((INTERCEPT.to_string(), sat(self.intercept(), VALUE_MAX)));
+        out
+    }
+
+    /// The base learning rate the next step will use: `learning_rate / (examples_seen + 1)^power_t`
+    /// for SGD with the `invscaling` schedule, `learning_rate` otherwise.
+    pub fn current_learning_rate(&self) -> f64 {
+        let c = &self.config;
+        match (c.optimizer, c.lr_schedule) {
+            (OptimizerKind::Sgd, LrSchedule::Invscaling) => {
+                let t = self.examples_seen.max(0) as f64;
+                c.learning_rate / (t + 1.0).powf(c.power_t)
+            }
+            _ => c.learning_rate,
+        }
+    }
+
+    /// Names of the parameters an example touches (the intercept, then its features in name
+    /// order), for callers that load state lazily.
+    pub fn touched_parameters(example: &Example) -> impl Iterator<Item = &str> {
+        std::iter::once(INTERCEPT).chain(example.features().iter().map(|(n, _)| n.as_str()))
+    }
+
+    /// Prequential step: predict with the current state, compute the loss of that prediction
+    /// (squared error (p-y)^2 for linear, log loss with p clamped to [1e-15, 1-1e-15] for
+    /// logistic), THEN update every touched parameter (the intercept and each feature of the
+    /// example) one example at a time, then update standardization stats, then
+    /// examples_seen += 1. Returns the loss measured before the update and the effective base
+    /// learning rate used.
+    ///
+    /// The gradient w.r.t. the margin is `weight * (p - y)` for both kinds (the linear objective
+    /// being `0.5 * (p - y)^2`). See [`Learner::try_learn`] for the checks; an example that fails
+    /// them (possible only by setting its public `label` or `weight` to a value
+    /// [`Example::new`] rejects, or a logistic label outside [0, 1]) is not learned: the state
+    /// is left unchanged and the returned loss is NaN. Callers handling untrusted labels should
+    /// use [`validate_label`] or `try_learn`.
+    pub fn learn(&mut self, example: &Example) -> Step {
+        match self.try_learn(example) {
+            Ok(step) => step,
+            Err(_) => Step {
+                prediction: self.predict(example.features()),
+                loss: f64::NAN,
+                learning_rate: self.current_learning_rate(),
+            },
+        }
+    }
+
+    /// [`Learner::learn`], first checking the example's label for the model kind
+    /// ([`validate_label`]) and its weight (finite, > 0); on error nothing changes.
+    pub fn try_learn(&mut self, example: &Example) -> Result<Step, ExampleError> {
+        validate_label(self.kind, example.label)?;
+        if !(example.weight.is_finite() && example.weight > 0.0) {
+            return Err(ExampleError::InvalidWeight {
+                value: example.weight,
+            });
+        }
+        let lr = self.current_learning_rate();
+        let features = example.features();
+        let prediction = self.predict(features);
+        let step_loss = loss(self.kind, prediction, example.label);
+        let residual = sat(example.weight * (prediction - example.label), GRAD_MAX);
+
+        self.update(INTERCEPT, None, residual, lr);
+        for (name, x) in features {
+            self.update(name, Some(*x), residual, lr);
+        }
+        self.examples_seen = self.examples_seen.saturating_add(1);
+        Ok(Step {
+            prediction,
+            loss: step_loss,
+            learning_rate: lr,
+        })
+    }
+
+    fn update(&mut self, name: &str, x: Option<f64>, residual: f64, lr: f64) {
+        if !self.params.contains_key(name) {
+            self.params.insert(name.to_owned(), ParamState::default());
+        }
+        let state = self
+            .params
+            .get_mut(name)
+            .expect("parameter inserted just above");
+        optimizer::step_param(&self.config, lr, state, x, residual);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn f(pairs: &[(&str, f64)]) -> Vec<(String, f64)> {
+        pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect()
+    }
+
+    fn sgd(standardize: bool) -> LearnerConfig {
+        LearnerConfig {
+            optimizer: OptimizerKind::Sgd,
+            learning_rate: 0.1,
+            standardize,
+            ..LearnerConfig::default()
+        }
+    }
+
+    #[test]
+    fn sigmoid_is_stable() {
+        assert_eq!(sigmoid(0.0), 0.5);
+        assert_eq!(sigmoid(1000.0), 1.0);
+        assert_eq!(sigmoid(-1000.0), 0.0);
+        assert!(sigmoid(-745.0) >= 0.0);
+        assert!((sigmoid(2.0) + sigmoid(-2.0) - 1.0).abs() < 1e-15);
+        assert!(!sigmoid(f64::MAX).is_nan() && !sigmoid(-f64::MAX).is_nan());
+    }
+
+    #[test]
+    fn losses() {
+        assert_eq!(loss(ModelKind::Linear, 3.0, 1.0), 4.0);
+        assert_eq!(loss(ModelKind::Linear, f64::MAX, -f64::MAX), f64::MAX);
+        assert!((loss(ModelKind::Logistic, 0.5, 1.0) - 2f64.ln()).abs() < 1e-15);
+        let worst = loss(ModelKind::Logistic, 0.0, 1.0);
+        assert!((worst - -(1e-15f64).ln()).abs() < 1e-9);
+        assert!(loss(ModelKind::Logistic, 1.0, 1.0) < 1e-14);
+    }
+
+    #[test]
+    fn first_sgd_step_by_hand() {
+        let mut l = Learner::new(ModelKind::Linear, sgd(false));
+        let e = Example::new(f(&[("a", 2.0), ("b", -1.0)]), 3.0, 0.5).unwrap();
+        let step = l.learn(&e);
+        assert_eq!(step.prediction, 0.0);
+        assert_eq!(step.loss, 9.0);
+        assert_eq!(step.learning_rate, 0.1);
+        // residual = 0.5 * (0 - 3) = -1.5
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-15;
+        assert!(close(l.param(INTERCEPT).value, 0.15));
+        assert!(close(l.param("a").value, 0.3));
+        assert!(close(l.param("b").value, -0.15));
+        assert_eq!(l.param("a").count, 1);
+        assert_eq!(l.examples_seen, 1);
+        let names: Vec<&str> = Learner::touched_parameters(&e).collect();
+        assert_eq!(names, [INTERCEPT, "a", "b"]);
+        let p = l.predict(&f(&[("b", -1.0), ("a", 2.0), ("unknown", 5.0)]));
+        assert!(close(p, 0.15 + 0.6 + 0.15));
+        let c = l.contributions(&f(&[("b", -1.0), ("a", 2.0)]));
+        let names: Vec<&str> = c.iter().map(|(n, _)| n.as_str()).collect();
+        assert_eq!(names, ["b", "a", INTERCEPT]);
+        for ((_, got), want) in c.iter().zip([0.15, 0.6, 0.15]) {
+            assert!(close(*got, want));
+        }
+        // The contributions sum (in name order) to the margin.
+        assert_eq!(
+            c[2].1 + c[1].1 + c[0].1,
+            l.margin(&f(&[("a", 2.0), ("b", -1.0)]))
+        );
+    }
+
+    #[test]
+    fn invscaling_applies_to_sgd_only() {
+        let cfg = LearnerConfig {
+            lr_schedule: LrSchedule::Invscaling,
+            power_t: 0.5,
+            ..sgd(false)
+        };
+        let mut l = Learner::new(ModelKind::Linear, cfg.clone());
+        assert_eq!(l.current_learning_rate(), 0.1);
+        l.examples_seen = 3;
+        assert_eq!(l.current_learning_rate(), 0.05);
+        let e = Example::new(f(&[("a", 1.0)]), 1.0, 1.0).unwrap();
+        assert_eq!(l.learn(&e).learning_rate, 0.05);
+        let mut adam = Learner::new(
+            ModelKind::Linear,
+            LearnerConfig {
+                optimizer: OptimizerKind::Adam,
+                ..cfg
+            },
+        );
+        adam.examples_seen = 3;
+        assert_eq!(adam.current_learning_rate(), 0.1);
+    }
+
+    #[test]
+    fn standardization_uses_stats_before_the_example() {
+        let mut l = Learner::new(ModelKind::Linear, sgd(true));
+        for (x, y) in [(10.0, 1.0), (20.0, 2.0), (30.0, 3.0)] {
+            let before = l.param("x");
+            let x_prime = standardized_value(true, x, &before);
+            let w = before.value;
+            let b = l.intercept();
+            let p = b + w * x_prime;
+            let step = l.learn(&Example::new(f(&[("x", x)]), y, 1.0).unwrap());
+            assert_eq!(step.prediction, p);
+            assert_eq!(l.param("x").value, w - 0.1 * (p - y) * x_prime);
+        }
+        let s = l.param("x");
+        assert_eq!((s.count, s.mean, s.m2), (3, 20.0, 200.0));
+        // mean 20, std 10: x = 40 enters as 2
+        assert_eq!(l.feature_input("x", 40.0), 2.0);
+    }
+
+    #[test]
+    fn invalid_examples_are_not_learned() {
+        let mut l = Learner::new(ModelKind::Logistic, LearnerConfig::default());
+        let e = Example::new(f(&[("a", 1.0)]), 2.0, 1.0).unwrap();
+        assert!(matches!(
+            l.try_learn(&e),
+            Err(ExampleError::LabelOutOfRange { .. })
+        ));
+        let step = l.learn(&e);
+        assert!(step.loss.is_nan());
+        assert!(l.params.is_empty());
+        assert_eq!(l.examples_seen, 0);
+        let mut e = Example::new(f(&[("a", 1.0)]), 1.0, 1.0).unwrap();
+        e.weight = 0.0;
+        assert!(l.try_learn(&e).is_err());
+        assert!(l.params.is_empty());
+    }
+
+    #[test]
+    fn margin_is_order_independent_bitwise() {
+        let mut l = Learner::new(ModelKind::Linear, LearnerConfig::default());
+        let names = ["k", "b", "z", "a", "m", "q"];
+        for i in 0..50 {
+            let feats: Vec<(String, f64)> = names
+                .iter()
+                .enumerate()
+                .map(|(j, n)| (n.to_string(), ((i * 7 + j * 13) % 17) as f64 * 0.37 - 2.1))
+                .collect();
+            l.learn(&Example::new(feats, (i % 5) as f64 * 1.1, 1.0).unwrap());
+        }
+        let feats = f(&[
+            ("k", 0.3),
+            ("b", 1e-3),
+            ("z", 7.7),
+            ("a", -1.25),
+            ("m", 3.3),
+            ("q", 1e5),
+        ]);
+        let mut sorted = feats.clone();
+        sorted.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut reversed = sorted.clone();
+        reversed.reverse();
+        let p = l.predict(&sorted);
+        assert_eq!(p.to_bits(), l.predict(&feats).to_bits());
+        assert_eq!(p.to_bits(), l.predict(&reversed).to_bits());
+    }
+}

@@ -1,0 +1,13 @@
+//! olps: an online-learning parameter store backed by PostgreSQL.
+//!
+//! Layout: `schema` (migrations), `db` and `embedded` (which database), `learner` (pure online
+//! learning, no I/O), `models` and `feedback` (tables and validation), `http` (the API), `cli`.
+
+pub mod cli;
+pub mod db;
+pub mod embedded;
+pub mod feedback;
+pub mod http;
+pub mod learner;
+pub mod models;
+pub mod schema;

@@ -1,0 +1,322 @@
+//! The embedded default database, against the real PostgreSQL binaries of the machine.
+//!
+//! Every test makes its own throwaway cluster under /tmp and stops and removes it at the end,
+//! also when an assertion fails (`TempBase`'s Drop).
+
+use std::fs;
+use std::net::TcpListener;
+use std::os::unix::fs::{MetadataExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use olps::embedded::{
+    ensure_cluster, find_pg_bin_dir, no_database_help, stop_cluster, EmbeddedCluster, EmbeddedError,
+};
+
+/// A unique folder under /tmp holding a `.olps` base; stops the cluster and removes it all when
+/// dropped.
+struct TempBase {
+    root: PathBuf,
+    base: PathBuf,
+}
+
+impl TempBase {
+    fn new(name: &str) -> Self {
+        // Show olps' progress messages (creating/starting/stale files) in failing tests' output.
+        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        static COUNTER: AtomicU32 = AtomicU32::new(0);
+        let nanos = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .unwrap()
+            .subsec_nanos();
+        let root = std::env::temp_dir().join(format!(
+            "olps-embedded-{name}-{}-{}-{nanos}",
+            std::process::id(),
+            COUNTER.fetch_add(1, Ordering::Relaxed)
+        ));
+        fs::create_dir(&root).unwrap();
+        // The server may run as the `postgres` account, which must be able to pass through.
+        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
+        let base = root.join(".olps");
+        TempBase { root, base }
+    }
+}
+
+impl Drop for TempBase {
+    fn drop(&mut self) {
+        if let Err(e) = stop_cluster(&self.base) {
+            eprintln!("cleanup: {e}");
+            // Last resort, so no server outlives the test.
+            if let Some(bin) = find_pg_bin_dir() {
+                let _ = Command::new("runuser")
+                    .args(["-u", "postgres", "--"])
+                    .arg(bin.join("pg_ctl"))
+                    .args(["stop", "-m", "immediate", "-D"])
+                    .arg(self.base.join("data"))
+                    .status();
+            }
+        }
+        let _ = fs::remove_dir_all(&self.root);
+    }
+}
+
+fn running_as_root() -> bool {
+    fs::metadata("/proc/self")
+        .map(|m| m.uid() == 0)
+        .unwrap_or(false)
+}
+
+/// `psql -Atc 'select 1'` over TCP; the trimmed output.
+fn psql_select_1(port: u16) -> String {
+    let psql = ["/usr/bin/psql", "psql"]
+        .into_iter()
+        .find(|p| !p.starts_with('/') || Path::new(p).exists())
+        .unwrap();
+    let out = Command::new(psql)
+        .args(["-X", "-h", "127.0.0.1", "-p", &port.to_string()])
+        .args(["-U", "postgres", "-d", "postgres", "-Atc", "select 1"])
+        .env("PGCONNECT_TIMEOUT", "10")
+        .env_remove("PGPASSWORD")
+        .env_remove("PGSERVICE")
+        .output()
+        .expect("run psql");
+    assert!(
+        out.status.success(),
+        "psql failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
+fn assert_serves(cluster: &EmbeddedCluster) {
+    assert_eq!(
+        cluster.url,
+        format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port)
+    );
+    assert_ne!(
+        cluster.port, 5432,
+        "must not collide with the system server"
+    );
+    assert_eq!(psql_select_1(cluster.port), "1");
+}
+
+fn postmaster_pid(data_dir: &Path) -> u32 {
+    fs::read_to_string(data_dir.join("postmaster.pid"))
+        .unwrap()
+        .lines()
+        .next()
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+fn ensure(base: &Path) -> EmbeddedCluster {
+    ensure_cluster(base).unwrap_or_else(|e| panic!("ensure_cluster: {e}"))
+}
+
+#[test]
+fn finds_the_installed_binaries() {
+    let bin = find_pg_bin_dir().expect("PostgreSQL binaries on this machine");
+    assert!(bin.join("initdb").is_file(), "{}", bin.display());
+    assert!(bin.join("pg_ctl").is_file(), "{}", bin.display());
+    // Symlinks on PATH (/usr/local/bin/initdb) resolve to the real installation, next to the
+    // `postgres` server binary.
+    assert!(bin.join("postgres").is_file(), "{}", bin.display());
+}
+
+#[test]
+fn creates_reuses_and_restarts_a_cluster() {
+    let tmp = TempBase::new("lifecycle");
+
+    // Fresh folder: initdb and start.
+    let first = ensure(&tmp.base);
+    assert!(first.created, "{first:?}");
+    assert!(first.started, "{first:?}");
+    assert_eq!(
+        first.data_dir,
+        fs::canonicalize(&tmp.base).unwrap().join("data")
+    );
+    assert!(first.log_file().is_file());
+    assert_serves(&first);
+    let conf = fs::read_to_string(first.data_dir.join("postgresql.conf")).unwrap();
+    assert!(
+        conf.contains(&format!("port = {}", first.port)),
+        "port persisted"
+    );
+    assert!(conf.contains("listen_addresses = '127.0.0.1'"));
+    if running_as_root() {
+        let owner = fs::metadata(&first.data_dir).unwrap().uid();
+        assert_ne!(owner, 0, "the data directory must not belong to root");
+        let server_owner = fs::metadata(format!("/proc/{}", postmaster_pid(&first.data_dir)))
+            .unwrap()
+            .uid();
+        assert_eq!(
+            server_owner, owner,
+            "the server runs as the data dir's owner"
+        );
+    }
+
+    // Second call: reuse the running server.
+    let second = ensure(&tmp.base);
+    assert!(!second.created, "{second:?}");
+    assert!(!second.started, "{second:?}");
+    assert_eq!(second.port, first.port);
+    assert_eq!(second.data_dir, first.data_dir);
+    assert_serves(&second);
+
+    // Stopped: start it again on the same port.
+    stop_cluster(&tmp.base).unwrap();
+    assert!(!first.data_dir.join("postmaster.pid").exists());
+    stop_cluster(&tmp.base).expect("stopping a stopped cluster is fine");
+    let third = ensure(&tmp.base);
+    assert!(!third.created, "{third:?}");
+    assert!(third.started, "{third:?}");
+    assert_eq!(third.port, first.port);
+    assert_serves(&third);
+}
+
+#[test]
+fn concurrent_starts_create_once() {
+    let tmp = TempBase::new("concurrent");
+    let barrier = std::sync::Barrier::new(2);
+    let results: Vec<Result<EmbeddedCluster, EmbeddedError>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..2)
+            .map(|_| {
+                s.spawn(|| {
+                    barrier.wait();
+                    ensure_cluster(&tmp.base)
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    let clusters: Vec<EmbeddedCluster> = results
+        .into_iter()
+        .map(|r| r.unwrap_or_else(|e| panic!("ensure_cluster: {e}")))
+        .collect();
+    assert_eq!(
+        clusters.iter().filter(|c| c.created).count(),
+        1,
+        "exactly one creates: {clusters:?}"
+    );
+    assert_eq!(
+        clusters.iter().filter(|c| c.started).count(),
+        1,
+        "exactly one starts: {clusters:?}"
+    );
+    assert_eq!(clusters[0].port, clusters[1].port);
+    assert_serves(&clusters[0]);
+}
+
+#[test]
+fn recovers_from_crashes_stale_pid_files_and_taken_ports() {
+    let tmp = TempBase::new("recovery");
+    let first = ensure(&tmp.base);
+    let data_dir = first.data_dir.clone();
+
+    // The postmaster dies (kill -9): the next call starts a new one.
+    let pid = postmaster_pid(&data_dir);
+    let killed = Command::new("kill")
+        .args(["-9", &pid.to_string()])
+        .status()
+        .unwrap();
+    assert!(killed.success());
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs::read_link(format!("/proc/{pid}/cwd")).is_ok() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let after_crash = ensure(&tmp.base);
+    assert!(
+        after_crash.started && !after_crash.created,
+        "{after_crash:?}"
+    );
+    assert_eq!(after_crash.port, first.port);
+    assert_serves(&after_crash);
+
+    // A reboot leaves postmaster.pid behind, and its PID now belongs to an unrelated live
+    // process (here: this test). PostgreSQL alone would refuse to start.
+    let pid_file = fs::read_to_string(data_dir.join("postmaster.pid")).unwrap();
+    stop_cluster(&tmp.base).unwrap();
+    let mut lines: Vec<String> = pid_file.lines().map(str::to_string).collect();
+    lines[0] = std::process::id().to_string();
+    fs::write(data_dir.join("postmaster.pid"), lines.join("\n") + "\n").unwrap();
+    let after_reboot = ensure(&tmp.base);
+    assert!(after_reboot.started, "{after_reboot:?}");
+    assert_eq!(after_reboot.port, first.port);
+    assert_serves(&after_reboot);
+
+    // Another program took the port while the cluster was stopped: move to a free one, persist.
+    stop_cluster(&tmp.base).unwrap();
+    let squatter = TcpListener::bind(("127.0.0.1", first.port)).unwrap();
+    let moved = ensure(&tmp.base);
+    drop(squatter);
+    assert!(moved.started, "{moved:?}");
+    assert_ne!(moved.port, first.port);
+    assert_serves(&moved);
+    stop_cluster(&tmp.base).unwrap();
+    let again = ensure(&tmp.base);
+    assert_eq!(again.port, moved.port, "the new port is persisted");
+    assert_serves(&again);
+}
+
+#[test]
+fn long_paths_fall_back_to_tcp_only() {
+    // Unix socket paths are limited to ~107 bytes; a deep working directory must still work.
+    let mut tmp = TempBase::new("long");
+    let mut deep = tmp.root.clone();
+    for part in ["d".repeat(60), "e".repeat(60)] {
+        deep.push(part);
+        fs::create_dir(&deep).unwrap();
+        fs::set_permissions(&deep, fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    tmp.base = deep.join(".olps");
+    let cluster = ensure(&tmp.base);
+    assert!(cluster.created && cluster.started, "{cluster:?}");
+    assert!(cluster.data_dir.as_os_str().len() > 100);
+    let conf = fs::read_to_string(cluster.data_dir.join("postgresql.conf")).unwrap();
+    assert!(conf.contains("unix_socket_directories = ''"), "TCP only");
+    assert_serves(&cluster);
+}
+
+#[test]
+fn untraversable_parent_is_named_in_the_error() {
+    if !running_as_root() {
+        eprintln!("skipped: only root runs the server as another account");
+        return;
+    }
+    let tmp = TempBase::new("locked");
+    let locked = tmp.root.join("locked");
+    fs::create_dir(&locked).unwrap();
+    fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).unwrap();
+    let base = locked.join("project").join(".olps");
+
+    let err = ensure_cluster(&base).expect_err("postgres cannot enter a 0700 root folder");
+    match &err {
+        EmbeddedError::NotTraversable { dir, user } => {
+            assert_eq!(dir, &fs::canonicalize(&locked).unwrap());
+            assert_eq!(user, "postgres");
+        }
+        other => panic!("expected NotTraversable, got {other:?}"),
+    }
+    let message = err.to_string();
+    assert!(
+        message.contains(&format!("{}:", locked.display())),
+        "the message names the folder: {message}"
+    );
+    assert!(message.contains("chmod o+x"), "says what to do: {message}");
+    assert!(!base.join("data").exists(), "nothing is created on failure");
+}
+
+#[test]
+fn help_says_how_to_get_a_database() {
+    let help = no_database_help();
+    assert!(help.contains("DATABASE_URL=postgres://"), "{help}");
+    assert!(help.contains("docker compose up -d postgres"), "{help}");
+    assert!(help.contains("apt-get install postgresql"), "{help}");
+    let err = EmbeddedError::NoBinaries { searched: vec![] };
+    assert_eq!(err.to_string(), help);
+}
