@@ -2,6 +2,7 @@
 //! default), applies pending migrations, and calls into the library.
 
 use std::process::ExitCode;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -14,6 +15,7 @@ use crate::http::{self, AppState};
 use crate::learner::{LearnerConfig, LrSchedule, ModelKind, OptimizerKind};
 use crate::models::{self, NewModel};
 use crate::schema;
+use crate::worker::{Worker, WorkerConfig};
 
 #[derive(Debug, Parser)]
 #[command(
@@ -32,6 +34,10 @@ pub enum Command {
     Migrate,
     /// Run the HTTP service.
     Serve(ServeArgs),
+    /// Run the learning worker: drain the feedback queue into parameter updates.
+    Worker(WorkerArgs),
+    /// Run the service and a worker in one process.
+    Up(UpArgs),
     /// Create, list and show models.
     #[command(subcommand)]
     Model(ModelCommand),
@@ -45,6 +51,46 @@ pub struct ServeArgs {
     /// Database connections in the service's pool.
     #[arg(long, env = "OLPS_POOL_SIZE", default_value_t = 16)]
     pub pool_size: u32,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// Only these models (UUID or name; repeat the flag). Default: every model.
+    #[arg(long = "model")]
+    pub models: Vec<String>,
+    /// Queue rows per model batch (one transaction, one new version).
+    #[arg(long, env = "OLPS_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch_size: i64,
+    /// Exit once no pending feedback is left for the selected models.
+    #[arg(long)]
+    pub until_empty: bool,
+    /// Milliseconds between queue polls when no notification arrives.
+    #[arg(long, env = "OLPS_POLL_INTERVAL_MS", default_value_t = 250)]
+    pub poll_interval_ms: u64,
+}
+
+impl WorkerArgs {
+    async fn config(&self, pool: &PgPool) -> anyhow::Result<WorkerConfig> {
+        let mut ids = Vec::with_capacity(self.models.len());
+        for key in &self.models {
+            ids.push(models::resolve_id(pool, key).await?);
+        }
+        Ok(WorkerConfig {
+            models: ids,
+            batch_size: self.batch_size,
+            poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
+            until_empty: self.until_empty,
+            ..WorkerConfig::default()
+        })
+    }
+}
+
+#[derive(Debug, Args)]
+pub struct UpArgs {
+    #[command(flatten)]
+    pub serve: ServeArgs,
+    #[command(flatten)]
+    pub worker: WorkerArgs,
 }
 
 #[derive(Debug, Clone, Copy, ValueEnum)]
@@ -194,6 +240,33 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             tracing::info!(addr = %listener.local_addr()?, "serving");
             http::serve(listener, AppState { pool }, shutdown).await?;
             tracing::info!("stopped");
+            Ok(())
+        }
+        Command::Worker(args) => {
+            let (_, pool) = open(4).await?;
+            let config = args.config(&pool).await?;
+            let stats = Worker::new(pool, config).run(shutdown_token()).await?;
+            eprintln!(
+                "olps: worker applied {} batches, {} events, dead-lettered {}",
+                stats.batches, stats.examples, stats.dead
+            );
+            Ok(())
+        }
+        Command::Up(args) => {
+            let (_, pool) = open(args.serve.pool_size + 4).await?;
+            let config = args.worker.config(&pool).await?;
+            let listener = TcpListener::bind(&args.serve.listen)
+                .await
+                .with_context(|| format!("cannot listen on {}", args.serve.listen))?;
+            tracing::info!(addr = %listener.local_addr()?, "serving");
+            let shutdown = shutdown_token();
+            let mut worker = Worker::new(pool.clone(), config);
+            let worker_shutdown = shutdown.clone();
+            let worker = tokio::spawn(async move { worker.run(worker_shutdown).await });
+            let served = http::serve(listener, AppState { pool }, shutdown.clone()).await;
+            shutdown.cancel();
+            worker.await??;
+            served?;
             Ok(())
         }
         Command::Model(command) => run_model(command).await,

@@ -10,4 +10,7 @@ pub mod feedback;
 pub mod http;
 pub mod learner;
 pub mod models;
+pub mod params;
 pub mod schema;
+pub mod versions;
+pub mod worker;

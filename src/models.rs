@@ -144,3 +144,21 @@ pub async fn find(db: impl PgExecutor<'_>, key: &str) -> Result<Model, ModelErro
 pub async fn resolve_id(db: impl PgExecutor<'_>, key: &str) -> Result<Uuid, ModelError> {
     Ok(find(db, key).await?.model_id)
 }
+
+/// Locks a model's row for the rest of the caller's transaction: every change to a model's
+/// parameters (a worker batch, a rollback) holds it, so they never interleave. With `skip_locked`
+/// a model another transaction holds is skipped (None) instead of waited for.
+pub async fn lock(
+    conn: &mut sqlx::PgConnection,
+    model_id: Uuid,
+    skip_locked: bool,
+) -> Result<Option<Model>, ModelError> {
+    let wait = if skip_locked { "SKIP LOCKED" } else { "" };
+    let row = sqlx::query(&format!(
+        "SELECT {COLUMNS} FROM models WHERE model_id = $1 FOR UPDATE {wait}"
+    ))
+    .bind(model_id)
+    .fetch_optional(conn)
+    .await?;
+    row.as_ref().map(from_row).transpose()
+}

@@ -240,3 +240,231 @@ pub async fn counts(pool: &PgPool) -> (i64, i64) {
         .unwrap();
     (events, queue)
 }
+
+// ---- Streams, the worker, and the invariants -------------------------------------------------
+
+pub type Row = (Vec<(String, f64)>, f64);
+
+/// ../shared/data/seed_stream.csv: x0..x4 and y (sign flip at row 1000).
+pub fn seed_stream() -> Vec<Row> {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../shared/data/seed_stream.csv"
+    );
+    let text = std::fs::read_to_string(path).expect("seed_stream.csv");
+    let mut lines = text.lines();
+    let header: Vec<&str> = lines.next().unwrap().split(',').collect();
+    lines
+        .map(|line| {
+            let values: Vec<f64> = line.split(',').map(|v| v.parse().unwrap()).collect();
+            let features = header[..header.len() - 1]
+                .iter()
+                .zip(&values)
+                .map(|(name, v)| (name.to_string(), *v))
+                .collect();
+            (features, *values.last().unwrap())
+        })
+        .collect()
+}
+
+/// A deterministic sparse stream: `features` features per row from a pool of `pool` names.
+pub fn sparse_stream(
+    n: usize,
+    features: usize,
+    pool: usize,
+    logistic: bool,
+    seed: u64,
+) -> Vec<Row> {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    let truth: Vec<f64> = (0..pool).map(|_| rng.gen_range(-1.0..1.0)).collect();
+    (0..n)
+        .map(|_| {
+            let mut chosen = std::collections::BTreeMap::new();
+            while chosen.len() < features {
+                chosen.insert(rng.gen_range(0..pool), rng.gen_range(-2.0..2.0));
+            }
+            let score: f64 = chosen.iter().map(|(i, x)| truth[*i] * x).sum();
+            let label = if logistic {
+                if score > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                }
+            } else {
+                score + rng.gen_range(-0.05..0.05)
+            };
+            let features = chosen
+                .into_iter()
+                .map(|(i, x)| (format!("f{i}"), x))
+                .collect();
+            (features, label)
+        })
+        .collect()
+}
+
+/// Inserts rows as explicit feedback with one statement per 5,000 rows, in order.
+pub async fn insert_stream(pool: &PgPool, model: uuid::Uuid, rows: &[Row]) {
+    for chunk in rows.chunks(5_000) {
+        let events: Vec<olps::feedback::FeedbackEvent> = chunk
+            .iter()
+            .enumerate()
+            .map(|(i, (features, label))| olps::feedback::FeedbackEvent {
+                entity_id: format!("e{i}"),
+                feedback_type: "explicit".into(),
+                feedback_value: *label,
+                confidence: 1.0,
+                metadata: serde_json::json!({"features": features.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<String, Value>>()}),
+                timestamp: None,
+            })
+            .collect();
+        olps::feedback::insert(pool, model, &events).await.unwrap();
+    }
+}
+
+pub async fn create_model(
+    pool: &PgPool,
+    name: &str,
+    kind: olps::learner::ModelKind,
+    settings: olps::learner::LearnerConfig,
+) -> olps::models::Model {
+    olps::models::create(
+        pool,
+        &olps::models::NewModel {
+            name: name.into(),
+            kind,
+            settings,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// Runs an in-process worker until the queue is empty.
+pub async fn drain(pool: &PgPool, batch_size: i64) -> olps::worker::WorkerStats {
+    let config = olps::worker::WorkerConfig {
+        batch_size,
+        poll_interval: Duration::from_millis(20),
+        until_empty: true,
+        ..Default::default()
+    };
+    olps::worker::Worker::new(pool.clone(), config)
+        .run(CancellationToken::new())
+        .await
+        .unwrap()
+}
+
+/// The learner run in memory over the same rows in the same order.
+pub fn learn_in_memory(model: &olps::models::Model, rows: &[Row]) -> olps::learner::Learner {
+    let mut learner = olps::learner::Learner::new(model.kind, model.settings.clone());
+    for (features, label) in rows {
+        let example = olps::learner::Example::new(features.clone(), *label, 1.0).unwrap();
+        learner.learn(&example);
+    }
+    learner
+}
+
+pub fn state_bits(s: &olps::learner::ParamState) -> [u64; 6] {
+    [
+        s.value.to_bits(),
+        s.m.to_bits(),
+        s.v.to_bits(),
+        s.count as u64,
+        s.mean.to_bits(),
+        s.m2.to_bits(),
+    ]
+}
+
+/// Asserts the stored parameters equal the in-memory learner's, bit for bit.
+pub async fn assert_params_equal(
+    pool: &PgPool,
+    model_id: uuid::Uuid,
+    expected: &olps::learner::Learner,
+) {
+    let stored = olps::params::load_all(pool, model_id).await.unwrap();
+    assert_eq!(
+        stored.len(),
+        expected.params.len(),
+        "parameter sets differ in size"
+    );
+    for (name, state) in &expected.params {
+        let got = stored
+            .get(name)
+            .unwrap_or_else(|| panic!("parameter {name} missing"));
+        assert_eq!(
+            state_bits(got),
+            state_bits(state),
+            "parameter {name}: stored {got:?}, in memory {state:?}"
+        );
+    }
+    let seen: i64 = sqlx::query_scalar("SELECT examples_seen FROM models WHERE model_id = $1")
+        .bind(model_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(seen, expected.examples_seen);
+}
+
+/// Invariant 2: versions 1..=current without gaps, each history row's old_value is the previous
+/// row's new_value, and current_value is the last new_value. Returns the current version.
+pub async fn assert_linear_history(pool: &PgPool, model_id: uuid::Uuid) -> i64 {
+    let current: i64 = sqlx::query_scalar("SELECT version FROM models WHERE model_id = $1")
+        .bind(model_id)
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let versions: Vec<i64> = sqlx::query_scalar(
+        "SELECT model_version FROM model_versions WHERE model_id = $1 ORDER BY model_version",
+    )
+    .bind(model_id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        versions,
+        (1..=current).collect::<Vec<_>>(),
+        "version line has gaps or repeats"
+    );
+    let stray: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM parameter_updates WHERE model_id = $1 AND model_version NOT BETWEEN 1 AND $2",
+    )
+    .bind(model_id)
+    .bind(current)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(stray, 0, "history rows outside the version line");
+    let broken: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM (
+             SELECT old_value, lag(new_value) OVER w AS prev, row_number() OVER w AS rn
+             FROM parameter_updates WHERE model_id = $1
+             WINDOW w AS (PARTITION BY parameter_id ORDER BY model_version)
+         ) t
+         WHERE (rn = 1 AND old_value IS NOT NULL) OR (rn > 1 AND old_value IS DISTINCT FROM prev)",
+    )
+    .bind(model_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        broken, 0,
+        "history rows whose old_value is not the previous new_value"
+    );
+    let mismatched: i64 = sqlx::query_scalar(
+        "SELECT count(*) FROM model_parameters p
+         LEFT JOIN LATERAL (SELECT new_value, model_version FROM parameter_updates u
+                            WHERE u.model_id = p.model_id AND u.parameter_id = p.parameter_id
+                            ORDER BY model_version DESC LIMIT 1) last ON TRUE
+         WHERE p.model_id = $1
+           AND (last.new_value IS DISTINCT FROM p.current_value OR last.model_version IS DISTINCT FROM p.version)",
+    )
+    .bind(model_id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!(
+        mismatched, 0,
+        "current values that are not the last history row's new_value"
+    );
+    current
+}

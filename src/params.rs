@@ -1,0 +1,152 @@
+//! The `model_parameters` table and its history in `parameter_updates`: loading learner state and
+//! writing a version's changes, each with one statement per batch (UNNEST arrays).
+
+use std::collections::HashMap;
+
+use sqlx::{PgConnection, PgExecutor, Row};
+use uuid::Uuid;
+
+use crate::learner::ParamState;
+
+/// One parameter's change within a model version: the state before (None when the parameter did
+/// not exist) and after.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ParamChange {
+    pub parameter_id: String,
+    pub old: Option<ParamState>,
+    pub new: ParamState,
+    pub learning_rate: Option<f64>,
+}
+
+const STATE_COLUMNS: &str =
+    "parameter_id, current_value, opt_m, opt_v, update_count, feature_mean, feature_m2";
+
+fn state_from_row(row: &sqlx::postgres::PgRow) -> Result<(String, ParamState), sqlx::Error> {
+    Ok((
+        row.try_get(0)?,
+        ParamState {
+            value: row.try_get(1)?,
+            m: row.try_get(2)?,
+            v: row.try_get(3)?,
+            count: row.try_get(4)?,
+            mean: row.try_get(5)?,
+            m2: row.try_get(6)?,
+        },
+    ))
+}
+
+/// The current state of the named parameters of a model (absent ones are left out).
+pub async fn load(
+    db: impl PgExecutor<'_>,
+    model_id: Uuid,
+    parameter_ids: &[&str],
+) -> Result<Vec<(String, ParamState)>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {STATE_COLUMNS} FROM model_parameters
+         WHERE model_id = $1 AND parameter_id = ANY($2::text[])"
+    ))
+    .bind(model_id)
+    .bind(parameter_ids)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(state_from_row).collect()
+}
+
+/// Every current parameter of a model.
+pub async fn load_all(
+    db: impl PgExecutor<'_>,
+    model_id: Uuid,
+) -> Result<HashMap<String, ParamState>, sqlx::Error> {
+    let rows = sqlx::query(&format!(
+        "SELECT {STATE_COLUMNS} FROM model_parameters WHERE model_id = $1"
+    ))
+    .bind(model_id)
+    .fetch_all(db)
+    .await?;
+    rows.iter().map(state_from_row).collect()
+}
+
+/// Writes a version's changes: upserts the current parameters and appends one history row per
+/// change, in one statement. `changes` should be sorted by parameter_id (index locality).
+pub async fn write_changes(
+    conn: &mut PgConnection,
+    model_id: Uuid,
+    version: i64,
+    update_type: &str,
+    source: &str,
+    changes: &[ParamChange],
+) -> Result<(), sqlx::Error> {
+    if changes.is_empty() {
+        return Ok(());
+    }
+    let n = changes.len();
+    let mut ids = Vec::with_capacity(n);
+    let mut old = Vec::with_capacity(n);
+    let (mut value, mut m, mut v, mut count, mut mean, mut m2, mut lr) = (
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+        Vec::with_capacity(n),
+    );
+    for c in changes {
+        ids.push(c.parameter_id.as_str());
+        old.push(c.old.map(|s| s.value));
+        value.push(c.new.value);
+        m.push(c.new.m);
+        v.push(c.new.v);
+        count.push(c.new.count);
+        mean.push(c.new.mean);
+        m2.push(c.new.m2);
+        lr.push(c.learning_rate);
+    }
+    sqlx::query(
+        "WITH u AS (
+             SELECT * FROM unnest($3::text[], $4::float8[], $5::float8[], $6::float8[], $7::float8[],
+                                  $8::int8[], $9::float8[], $10::float8[], $11::float8[])
+                 AS u(parameter_id, old_value, value, m, v, cnt, mean, m2, lr)
+         ), upsert AS (
+             INSERT INTO model_parameters AS p
+                 (model_id, parameter_id, current_value, opt_m, opt_v, update_count, feature_mean,
+                  feature_m2, version, last_updated)
+             SELECT $1, parameter_id, value, m, v, cnt, mean, m2, $2, now() FROM u
+             ON CONFLICT (model_id, parameter_id) DO UPDATE SET
+                 current_value = EXCLUDED.current_value, opt_m = EXCLUDED.opt_m,
+                 opt_v = EXCLUDED.opt_v, update_count = EXCLUDED.update_count,
+                 feature_mean = EXCLUDED.feature_mean, feature_m2 = EXCLUDED.feature_m2,
+                 version = EXCLUDED.version, last_updated = EXCLUDED.last_updated
+         )
+         INSERT INTO parameter_updates
+             (model_id, model_version, parameter_id, old_value, new_value, opt_m, opt_v,
+              update_count, feature_mean, feature_m2, update_type, learning_rate, source)
+         SELECT $1, $2, parameter_id, old_value, value, m, v, cnt, mean, m2, $12, lr, $13 FROM u",
+    )
+    .bind(model_id)
+    .bind(version)
+    .bind(&ids)
+    .bind(&old)
+    .bind(&value)
+    .bind(&m)
+    .bind(&v)
+    .bind(&count)
+    .bind(&mean)
+    .bind(&m2)
+    .bind(&lr)
+    .bind(update_type)
+    .bind(source)
+    .execute(conn)
+    .await?;
+    Ok(())
+}
+
+/// Whether two states are bit-for-bit equal (so -0.0 vs 0.0 or a NaN payload counts as a change).
+pub fn same_bits(a: &ParamState, b: &ParamState) -> bool {
+    a.value.to_bits() == b.value.to_bits()
+        && a.m.to_bits() == b.m.to_bits()
+        && a.v.to_bits() == b.v.to_bits()
+        && a.count == b.count
+        && a.mean.to_bits() == b.mean.to_bits()
+        && a.m2.to_bits() == b.m2.to_bits()
+}

@@ -1,0 +1,341 @@
+//! The learning worker: drains `feedback_queue` model by model, learns one example at a time, and
+//! commits each model batch in one transaction (parameters, history, version, metrics,
+//! acknowledgement, notification), so every event is applied exactly once or dead-lettered.
+
+pub mod examples;
+pub mod queue;
+
+use std::collections::{BTreeMap, HashMap};
+use std::time::{Duration, Instant};
+
+use sqlx::postgres::PgListener;
+use sqlx::PgPool;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use crate::learner::{Learner, ModelKind, ParamState};
+use crate::models::{self, ModelError};
+use crate::params::{self, ParamChange};
+use crate::versions::{self, VersionRecord};
+
+/// The channel the feedback trigger notifies (a hint: workers also poll).
+pub const FEEDBACK_CHANNEL: &str = "olps_feedback";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error(transparent)]
+    Db(#[from] sqlx::Error),
+    #[error(transparent)]
+    Model(#[from] ModelError),
+}
+
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Only these models (empty: all).
+    pub models: Vec<Uuid>,
+    /// Queue rows claimed per model batch.
+    pub batch_size: i64,
+    /// How often to look for work when no notification arrives.
+    pub poll_interval: Duration,
+    /// Stop once no pending rows remain for the selected active models.
+    pub until_empty: bool,
+    /// Recorded as `parameter_updates.source`.
+    pub source: String,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        WorkerConfig {
+            models: Vec::new(),
+            batch_size: 1000,
+            poll_interval: Duration::from_millis(250),
+            until_empty: false,
+            source: "feedback".into(),
+        }
+    }
+}
+
+/// What one attempt at a model batch did.
+#[derive(Debug, Clone, PartialEq)]
+pub enum BatchOutcome {
+    /// A new version was committed.
+    Applied {
+        version: i64,
+        examples: usize,
+        dead: usize,
+        parameters_changed: usize,
+    },
+    /// Only unusable rows were claimed: set aside, no new version.
+    DeadOnly { dead: usize },
+    /// Nothing pending for the model.
+    Empty,
+    /// Another transaction holds the model, or it is not active: try another model.
+    Skipped,
+}
+
+/// Totals over a worker's run.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct WorkerStats {
+    pub batches: u64,
+    pub examples: u64,
+    pub dead: u64,
+}
+
+/// A model's learner as of a committed version, reused while the database is still at it.
+struct Cached {
+    version: i64,
+    learner: Learner,
+}
+
+pub struct Worker {
+    pool: PgPool,
+    config: WorkerConfig,
+    cache: HashMap<Uuid, Cached>,
+}
+
+impl Worker {
+    pub fn new(pool: PgPool, config: WorkerConfig) -> Worker {
+        Worker {
+            pool,
+            config,
+            cache: HashMap::new(),
+        }
+    }
+
+    /// One batch of one model, in one transaction.
+    pub async fn run_batch(&mut self, model_id: Uuid) -> Result<BatchOutcome, WorkerError> {
+        let started = Instant::now();
+        let mut tx = self.pool.begin().await?;
+        let Some(model) = models::lock(&mut tx, model_id, true).await? else {
+            return Ok(BatchOutcome::Skipped);
+        };
+        if model.status != "active" {
+            return Ok(BatchOutcome::Skipped);
+        }
+        let rows = queue::claim(&mut tx, model_id, self.config.batch_size).await?;
+        if rows.is_empty() {
+            return Ok(BatchOutcome::Empty);
+        }
+
+        let mut examples = Vec::with_capacity(rows.len());
+        let mut dead = Vec::new();
+        for row in &rows {
+            match examples::example_from_row(row, model.kind) {
+                Ok(example) => examples.push((row.queue_id, example)),
+                Err(reason) => dead.push((row.queue_id, reason)),
+            }
+        }
+        queue::dead_letter(&mut tx, model_id, &dead).await?;
+        if examples.is_empty() {
+            tx.commit().await?;
+            tracing::warn!(%model_id, dead = dead.len(), "dead-lettered a batch of unusable rows");
+            return Ok(BatchOutcome::DeadOnly { dead: dead.len() });
+        }
+
+        // The in-memory learner is trusted only at the version the database is at.
+        let mut cached = match self.cache.remove(&model_id) {
+            Some(c) if c.version == model.version && c.learner.config == model.settings => c,
+            _ => Cached {
+                version: model.version,
+                learner: Learner::new(model.kind, model.settings.clone()),
+            },
+        };
+        cached.learner.examples_seen = model.examples_seen;
+        let missing: Vec<&str> = {
+            let mut names: Vec<&str> = examples
+                .iter()
+                .flat_map(|(_, e)| Learner::touched_parameters(e))
+                .filter(|name| !cached.learner.params.contains_key(*name))
+                .collect();
+            names.sort_unstable();
+            names.dedup();
+            names
+        };
+        if !missing.is_empty() {
+            for (name, state) in params::load(&mut *tx, model_id, &missing).await? {
+                cached.learner.params.insert(name, state);
+            }
+        }
+
+        // Learn one example at a time, in queue order; remember each touched parameter's state
+        // before the batch and the rate of its last step.
+        let mut before: BTreeMap<String, (Option<ParamState>, f64)> = BTreeMap::new();
+        let (mut loss_sum, mut correct) = (0.0, 0i32);
+        for (_, example) in &examples {
+            for name in Learner::touched_parameters(example) {
+                if !before.contains_key(name) {
+                    let old = cached.learner.params.get(name).copied();
+                    before.insert(name.to_string(), (old, 0.0));
+                }
+            }
+            let step = cached.learner.learn(example);
+            loss_sum += step.loss;
+            if (step.prediction >= 0.5) == (example.label >= 0.5) {
+                correct += 1;
+            }
+            for name in Learner::touched_parameters(example) {
+                if let Some(entry) = before.get_mut(name) {
+                    entry.1 = step.learning_rate;
+                }
+            }
+        }
+        let changes: Vec<ParamChange> = before
+            .into_iter()
+            .filter_map(|(name, (old, rate))| {
+                let new = cached.learner.param(&name);
+                let unchanged = old.is_some_and(|o| params::same_bits(&o, &new))
+                    || (old.is_none() && params::same_bits(&ParamState::default(), &new));
+                (!unchanged).then_some(ParamChange {
+                    parameter_id: name,
+                    old,
+                    new,
+                    learning_rate: Some(rate),
+                })
+            })
+            .collect();
+
+        let version = model.version + 1;
+        params::write_changes(
+            &mut tx,
+            model_id,
+            version,
+            "gradient",
+            &self.config.source,
+            &changes,
+        )
+        .await?;
+        let applied: Vec<Uuid> = examples.iter().map(|(id, _)| *id).collect();
+        queue::acknowledge(&mut tx, model_id, version, &applied).await?;
+        let record = VersionRecord {
+            kind: "gradient",
+            examples: examples.len() as i32,
+            loss_sum,
+            correct: (model.kind == ModelKind::Logistic).then_some(correct),
+            dead_lettered: dead.len() as i32,
+            parameters_changed: changes.len() as i32,
+            learning_rate: Some(cached.learner.current_learning_rate()),
+            rolled_back_to: None,
+            source: Some(self.config.source.clone()),
+        };
+        versions::commit_version(
+            &mut tx,
+            model_id,
+            version,
+            cached.learner.examples_seen,
+            &record,
+        )
+        .await?;
+        tx.commit().await?;
+
+        cached.version = version;
+        self.cache.insert(model_id, cached);
+        tracing::info!(
+            %model_id,
+            version,
+            examples = examples.len(),
+            dead = dead.len(),
+            parameters_changed = changes.len(),
+            mean_loss = loss_sum / examples.len() as f64,
+            ms = started.elapsed().as_secs_f64() * 1e3,
+            "applied batch"
+        );
+        Ok(BatchOutcome::Applied {
+            version,
+            examples: examples.len(),
+            dead: dead.len(),
+            parameters_changed: changes.len(),
+        })
+    }
+
+    /// One pass over the models with work: a batch each. Returns what was done.
+    pub async fn run_pass(&mut self) -> Result<WorkerStats, WorkerError> {
+        let mut stats = WorkerStats {
+            dead: queue::dead_letter_unknown_models(&self.pool).await?,
+            ..WorkerStats::default()
+        };
+        for model_id in queue::models_with_work(&self.pool, &self.config.models).await? {
+            match self.run_batch(model_id).await? {
+                BatchOutcome::Applied { examples, dead, .. } => {
+                    stats.batches += 1;
+                    stats.examples += examples as u64;
+                    stats.dead += dead as u64;
+                }
+                BatchOutcome::DeadOnly { dead } => stats.dead += dead as u64,
+                BatchOutcome::Empty | BatchOutcome::Skipped => {}
+            }
+        }
+        Ok(stats)
+    }
+
+    /// Runs until `shutdown` is cancelled (or, with `until_empty`, until no work is left). A
+    /// batch in progress is finished, never half-applied: cancellation is checked between batches.
+    pub async fn run(&mut self, shutdown: CancellationToken) -> Result<WorkerStats, WorkerError> {
+        let mut total = WorkerStats::default();
+        let mut listener = match PgListener::connect_with(&self.pool).await {
+            Ok(mut l) => match l.listen(FEEDBACK_CHANNEL).await {
+                Ok(()) => Some(l),
+                Err(e) => {
+                    tracing::warn!(error = %e, "LISTEN failed; polling only");
+                    None
+                }
+            },
+            Err(e) => {
+                tracing::warn!(error = %e, "no listener connection; polling only");
+                None
+            }
+        };
+        loop {
+            if shutdown.is_cancelled() {
+                break;
+            }
+            let pass = match self.run_pass().await {
+                Ok(pass) => pass,
+                Err(e) => {
+                    // A failed batch was rolled back as a whole; drop cached state and retry.
+                    tracing::error!(error = %e, "batch failed; retrying after the poll interval");
+                    self.cache.clear();
+                    WorkerStats::default()
+                }
+            };
+            total.batches += pass.batches;
+            total.examples += pass.examples;
+            total.dead += pass.dead;
+            if pass.batches > 0 || pass.dead > 0 {
+                continue;
+            }
+            if self.config.until_empty
+                && queue::pending_count(&self.pool, &self.config.models).await? == 0
+            {
+                break;
+            }
+            // Idle: wait for a notification (a hint), the poll tick, or shutdown.
+            let poll = tokio::time::sleep(self.config.poll_interval);
+            match listener.as_mut() {
+                Some(l) => tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = poll => {},
+                    notification = l.recv() => {
+                        if let Err(e) = notification {
+                            tracing::warn!(error = %e, "notification connection lost; it reconnects, polling meanwhile");
+                            tokio::select! {
+                                _ = shutdown.cancelled() => break,
+                                _ = tokio::time::sleep(self.config.poll_interval) => {},
+                            }
+                        }
+                    }
+                },
+                None => tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = poll => {},
+                },
+            }
+        }
+        tracing::info!(
+            batches = total.batches,
+            examples = total.examples,
+            dead = total.dead,
+            "worker stopped"
+        );
+        Ok(total)
+    }
+}

@@ -1,0 +1,156 @@
+//! The work queue (`feedback_queue`): finding models with work, claiming a model's pending rows in
+//! queue order, acknowledging applied rows and dead-lettering the ones that cannot be learned.
+
+use serde_json::Value;
+use sqlx::{PgConnection, PgExecutor, Row};
+use uuid::Uuid;
+
+/// A claimed queue row with what the learner needs from its event.
+#[derive(Debug, Clone)]
+pub struct ClaimedRow {
+    pub queue_id: Uuid,
+    pub feedback_id: Uuid,
+    pub entity_id: String,
+    pub label: f64,
+    pub confidence: Option<f64>,
+    /// `metadata->'features'` when the event has it (any JSON type: checked later).
+    pub features: Option<Value>,
+    /// When the event has no features: those of the latest logged prediction for the entity.
+    pub logged_features: Option<Value>,
+}
+
+/// Active models with pending work (optionally only among `only`), in random order so that
+/// several workers start on different models.
+pub async fn models_with_work(
+    db: impl PgExecutor<'_>,
+    only: &[Uuid],
+) -> Result<Vec<Uuid>, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT m.model_id FROM models m
+         WHERE m.status = 'active'
+           AND (cardinality($1::uuid[]) = 0 OR m.model_id = ANY($1::uuid[]))
+           AND EXISTS (SELECT 1 FROM feedback_queue q
+                       WHERE q.model_id = m.model_id AND q.status = 'pending')
+         ORDER BY random()",
+    )
+    .bind(only)
+    .fetch_all(db)
+    .await
+}
+
+/// Claims up to `limit` pending rows of one model in queue order (priority, then time, then
+/// insertion order), locking them for the caller's transaction.
+pub async fn claim(
+    conn: &mut PgConnection,
+    model_id: Uuid,
+    limit: i64,
+) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+    let rows = sqlx::query(
+        "SELECT q.id, q.feedback_id, e.entity_id, e.feedback_value, e.confidence,
+                e.metadata -> 'features' AS features,
+                CASE WHEN e.metadata ? 'features' THEN NULL ELSE (
+                    SELECT p.features FROM prediction_log p
+                    WHERE p.model_id = q.model_id AND p.entity_id = e.entity_id
+                    ORDER BY p.id DESC LIMIT 1) END AS logged_features
+         FROM feedback_queue q
+         JOIN feedback_events e ON e.model_id = q.model_id AND e.id = q.feedback_id
+         WHERE q.model_id = $1 AND q.status = 'pending'
+         ORDER BY q.priority DESC, q.created_at, q.seq
+         LIMIT $2
+         FOR UPDATE OF q SKIP LOCKED",
+    )
+    .bind(model_id)
+    .bind(limit)
+    .fetch_all(conn)
+    .await?;
+    rows.iter()
+        .map(|r| {
+            Ok(ClaimedRow {
+                queue_id: r.try_get(0)?,
+                feedback_id: r.try_get(1)?,
+                entity_id: r.try_get(2)?,
+                label: r.try_get(3)?,
+                confidence: r.try_get(4)?,
+                features: r.try_get(5)?,
+                logged_features: r.try_get(6)?,
+            })
+        })
+        .collect()
+}
+
+/// Deletes the applied queue rows and marks their events processed by `version`, in one statement.
+pub async fn acknowledge(
+    conn: &mut PgConnection,
+    model_id: Uuid,
+    version: i64,
+    queue_ids: &[Uuid],
+) -> Result<u64, sqlx::Error> {
+    if queue_ids.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query(
+        "WITH done AS (
+             DELETE FROM feedback_queue WHERE model_id = $1 AND id = ANY($2::uuid[])
+             RETURNING feedback_id
+         )
+         UPDATE feedback_events e SET processed = TRUE, applied_version = $3
+         FROM done WHERE e.model_id = $1 AND e.id = done.feedback_id",
+    )
+    .bind(model_id)
+    .bind(queue_ids)
+    .bind(version)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Sets rows aside with their reasons; their events stay unprocessed.
+pub async fn dead_letter(
+    conn: &mut PgConnection,
+    model_id: Uuid,
+    rows: &[(Uuid, String)],
+) -> Result<u64, sqlx::Error> {
+    if rows.is_empty() {
+        return Ok(0);
+    }
+    let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
+    let reasons: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
+    let done = sqlx::query(
+        "UPDATE feedback_queue q SET status = 'dead', dead_reason = u.reason, dead_at = now()
+         FROM unnest($2::uuid[], $3::text[]) AS u(id, reason)
+         WHERE q.model_id = $1 AND q.id = u.id",
+    )
+    .bind(model_id)
+    .bind(&ids)
+    .bind(&reasons)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Dead-letters pending rows whose model does not exist (plain-SQL inserts are not checked
+/// against `models`, so they can name any UUID).
+pub async fn dead_letter_unknown_models(db: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE feedback_queue q
+         SET status = 'dead', dead_at = now(),
+             dead_reason = 'unknown model ' || q.model_id || ': no such model_id in models'
+         WHERE q.status = 'pending'
+           AND NOT EXISTS (SELECT 1 FROM models m WHERE m.model_id = q.model_id)",
+    )
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// Pending rows of active models (among `only`, if given).
+pub async fn pending_count(db: impl PgExecutor<'_>, only: &[Uuid]) -> Result<i64, sqlx::Error> {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM feedback_queue q JOIN models m ON m.model_id = q.model_id
+         WHERE q.status = 'pending' AND m.status = 'active'
+           AND (cardinality($1::uuid[]) = 0 OR q.model_id = ANY($1::uuid[]))",
+    )
+    .bind(only)
+    .fetch_one(db)
+    .await
+}
