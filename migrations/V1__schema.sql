@@ -169,6 +169,7 @@ CREATE TABLE model_versions (
     parameters_changed INTEGER NOT NULL DEFAULT 0,
     learning_rate    DOUBLE PRECISION,
     rolled_back_to   BIGINT,
+    examples_seen    BIGINT NOT NULL DEFAULT 0,
     source           TEXT,
     created_at       TIMESTAMPTZ NOT NULL DEFAULT now(),
     PRIMARY KEY (model_id, model_version)

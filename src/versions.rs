@@ -41,8 +41,8 @@ pub async fn commit_version(
          ), recorded AS (
              INSERT INTO model_versions
                  (model_id, model_version, kind, examples, loss_sum, correct, dead_lettered,
-                  parameters_changed, learning_rate, rolled_back_to, source)
-             SELECT model_id, $2, $4, $5, $6, $7, $8, $9, $10, $11, $12 FROM bumped
+                  parameters_changed, learning_rate, rolled_back_to, source, examples_seen)
+             SELECT model_id, $2, $4, $5, $6, $7, $8, $9, $10, $11, $12, $3 FROM bumped
          )
          SELECT pg_notify($13, $14) FROM bumped",
     )

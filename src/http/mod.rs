@@ -30,6 +30,12 @@ pub struct AppState {
     pub pool: PgPool,
 }
 
+impl AppState {
+    pub fn new(pool: PgPool) -> AppState {
+        AppState { pool }
+    }
+}
+
 pub fn router(state: AppState) -> Router {
     Router::new()
         .route("/healthz", get(healthz))

@@ -151,9 +151,7 @@ pub async fn spawn_app() -> TestApp {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let shutdown = CancellationToken::new();
-    let state = olps::http::AppState {
-        pool: db.pool.clone(),
-    };
+    let state = olps::http::AppState::new(db.pool.clone());
     tokio::spawn(olps::http::serve(listener, state, shutdown.clone()));
     TestApp {
         addr,

@@ -238,7 +238,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
             let shutdown = shutdown_token();
             tracing::info!(addr = %listener.local_addr()?, "serving");
-            http::serve(listener, AppState { pool }, shutdown).await?;
+            http::serve(listener, AppState::new(pool), shutdown).await?;
             tracing::info!("stopped");
             Ok(())
         }
@@ -263,7 +263,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut worker = Worker::new(pool.clone(), config);
             let worker_shutdown = shutdown.clone();
             let worker = tokio::spawn(async move { worker.run(worker_shutdown).await });
-            let served = http::serve(listener, AppState { pool }, shutdown.clone()).await;
+            let served = http::serve(listener, AppState::new(pool), shutdown.clone()).await;
             shutdown.cancel();
             worker.await??;
             served?;
