@@ -19,11 +19,17 @@ pub enum ModelError {
     #[error("name: {0}")]
     InvalidName(String),
     #[error("settings.{0}")]
-    InvalidSettings(#[from] ConfigError),
+    InvalidSettings(ConfigError),
     #[error("stored settings of model {model_id} are unreadable: {message}")]
     CorruptSettings { model_id: Uuid, message: String },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
+}
+
+impl From<ConfigError> for ModelError {
+    fn from(e: ConfigError) -> Self {
+        ModelError::InvalidSettings(e)
+    }
 }
 
 /// A model as stored: identity, kind, learner settings, current version and status.

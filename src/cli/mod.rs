@@ -121,17 +121,17 @@ pub struct CreateModelArgs {
     /// sgd, adagrad, rmsprop, adam or ftrl.
     #[arg(long)]
     pub optimizer: Option<OptimizerKind>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub learning_rate: Option<f64>,
     /// constant or invscaling (SGD only).
     #[arg(long)]
     pub lr_schedule: Option<LrSchedule>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub l1: Option<f64>,
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub l2: Option<f64>,
     /// Clip each parameter's gradient to [-C, C]; 0 turns clipping off.
-    #[arg(long)]
+    #[arg(long, allow_negative_numbers = true)]
     pub clip_gradient: Option<f64>,
     /// Online feature standardization (running mean and variance per feature).
     #[arg(long)]
@@ -193,6 +193,7 @@ fn init_tracing() {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .try_init();
 }
 
@@ -274,6 +275,13 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
 }
 
 async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
+    // Check what needs no database first, so a mistyped flag changes nothing anywhere.
+    if let ModelCommand::Create(args) = &command {
+        models::validate_name(&args.name)?;
+        args.learner_config()?
+            .validate()
+            .map_err(models::ModelError::InvalidSettings)?;
+    }
     let (_, pool) = open(2).await?;
     match command {
         ModelCommand::Create(args) => {
@@ -282,6 +290,7 @@ async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
                 kind: args.kind,
                 settings: args.learner_config()?,
             };
+
             let model = models::create(&pool, &new).await?;
             println!(
                 "created {} model '{}' (optimizer {}, learning rate {})",
