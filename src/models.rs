@@ -6,7 +6,7 @@ use sqlx::postgres::PgRow;
 use sqlx::{PgExecutor, Row};
 use uuid::Uuid;
 
-use crate::learner::{ConfigError, LearnerConfig, ModelKind};
+use crate::learner::{ConfigError, LearnerConfig, ModelKind, ModelState};
 
 pub const MAX_NAME_LEN: usize = 200;
 
@@ -45,6 +45,9 @@ pub struct Model {
     pub status_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
+    /// The learner's model-level state (drift detectors); internal, not shown by the API.
+    #[serde(skip)]
+    pub learner_state: ModelState,
 }
 
 /// What `create` needs.
@@ -56,7 +59,7 @@ pub struct NewModel {
 }
 
 const COLUMNS: &str = "model_id, name, kind, settings, version, examples_seen, status, \
-                       status_reason, created_at, updated_at";
+                       status_reason, created_at, updated_at, learner_state";
 
 fn from_row(row: &PgRow) -> Result<Model, ModelError> {
     let model_id: Uuid = row.try_get("model_id")?;
@@ -74,6 +77,8 @@ fn from_row(row: &PgRow) -> Result<Model, ModelError> {
         status_reason: row.try_get("status_reason")?,
         created_at: row.try_get("created_at")?,
         updated_at: row.try_get("updated_at")?,
+        learner_state: serde_json::from_value(row.try_get("learner_state")?)
+            .map_err(|e| corrupt(format!("learner_state: {e}")))?,
     })
 }
 

@@ -20,6 +20,9 @@ pub struct VersionRecord {
     pub learning_rate: Option<f64>,
     pub rolled_back_to: Option<i64>,
     pub source: Option<String>,
+    /// The learner's model-level state after this version (`learner::ModelState` as JSON);
+    /// None keeps the model's current state.
+    pub learner_state: Option<serde_json::Value>,
 }
 
 /// Moves a model from `version - 1` to `version`, records the version and announces it, all in
@@ -35,14 +38,17 @@ pub async fn commit_version(
     let payload = serde_json::json!({"model_id": model_id, "version": version}).to_string();
     let bumped = sqlx::query(
         "WITH bumped AS (
-             UPDATE models SET version = $2, examples_seen = $3, updated_at = now()
+             UPDATE models SET version = $2, examples_seen = $3, updated_at = now(),
+                               learner_state = coalesce($15, learner_state)
              WHERE model_id = $1 AND version = $2 - 1
-             RETURNING model_id
+             RETURNING model_id, learner_state
          ), recorded AS (
              INSERT INTO model_versions
                  (model_id, model_version, kind, examples, loss_sum, correct, dead_lettered,
-                  parameters_changed, learning_rate, rolled_back_to, source, examples_seen)
-             SELECT model_id, $2, $4, $5, $6, $7, $8, $9, $10, $11, $12, $3 FROM bumped
+                  parameters_changed, learning_rate, rolled_back_to, source, examples_seen,
+                  learner_state)
+             SELECT model_id, $2, $4, $5, $6, $7, $8, $9, $10, $11, $12, $3, learner_state
+             FROM bumped
          )
          SELECT pg_notify($13, $14) FROM bumped",
     )
@@ -60,6 +66,7 @@ pub async fn commit_version(
     .bind(&record.source)
     .bind(VERSION_CHANNEL)
     .bind(payload)
+    .bind(&record.learner_state)
     .execute(conn)
     .await?;
     if bumped.rows_affected() != 1 {

@@ -328,6 +328,7 @@ fn results_are_bit_identical_whatever_the_feature_and_storage_order() {
                 // loaded in a shuffled order, and writes them back after it.
                 let mut store: HashMap<String, ParamState> = HashMap::new();
                 let mut b_seen = 0i64;
+                let mut b_state = olps::learner::ModelState::default();
                 let mut last_b = None;
                 for batch in rows.chunks(7) {
                     let examples_b: Vec<Example> = batch
@@ -356,6 +357,7 @@ fn results_are_bit_identical_whatever_the_feature_and_storage_order() {
                     touched.shuffle(&mut rng);
                     let mut b = Learner::new(kind, config.clone());
                     b.examples_seen = b_seen;
+                    b.restore_model_state(b_state.clone());
                     for name in &touched {
                         if let Some(s) = store.get(name) {
                             b.params.insert(name.clone(), *s);
@@ -372,6 +374,7 @@ fn results_are_bit_identical_whatever_the_feature_and_storage_order() {
                     written.shuffle(&mut rng);
                     store.extend(written);
                     b_seen = b.examples_seen;
+                    b_state = b.model_state();
                     last_b = Some(b);
                 }
                 let mut restored = last_b.unwrap();

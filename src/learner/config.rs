@@ -165,6 +165,8 @@ pub struct LearnerConfig {
     /// `(x - mean) / std` from running statistics of that feature (see
     /// [`crate::learner::standardized_value`] for the exact rule and its warm-up).
     pub standardize: bool,
+    /// Concept-drift detection over the prequential loss, and what to do on drift.
+    pub drift: super::drift::DriftConfig,
 }
 
 impl Default for LearnerConfig {
@@ -210,6 +212,7 @@ impl Default for LearnerConfig {
             l2: 0.0,
             clip_gradient: 0.0,
             standardize: true,
+            drift: super::drift::DriftConfig::default(),
         }
     }
 }
@@ -254,6 +257,7 @@ impl LearnerConfig {
         check("clip_gradient", self.clip_gradient, ">= 0 (0 = off)", |x| {
             x >= 0.0
         })?;
+        self.drift.validate()?;
         Ok(())
     }
 

@@ -14,6 +14,7 @@
 //! state only, and sums over features run in feature-name order.
 
 mod config;
+pub mod drift;
 mod example;
 mod optimizer;
 
@@ -78,6 +79,49 @@ pub struct Learner {
     /// Model-level count of examples learned (drives the `invscaling` schedule); persisted by
     /// the caller.
     pub examples_seen: i64,
+    /// Drift detectors and the learning-rate multiplier; persisted by the caller with
+    /// `examples_seen` (see [`ModelState`]).
+    pub drift: drift::DriftState,
+    /// Drifts detected since the caller last took them ([`Learner::take_drift_events`]).
+    pub drift_events: Vec<drift::DriftEvent>,
+    /// Set when a `reset` adaptation reset the parameters held in `params`: a caller holding
+    /// only some of the model's parameters must reset the others too ([`reset_state`]).
+    pub reset_happened: bool,
+}
+
+/// The model-level learner state besides the parameters, persisted with the model.
+#[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct ModelState {
+    pub drift: drift::DriftState,
+}
+
+/// Resets one parameter's optimizer accumulators (the `reset` drift adaptation), keeping its
+/// value: AdaGrad/RMSprop `v`, Adam `m` and `v`; FTRL `n`, with `z` recomputed so that the
+/// weight stays what it was. SGD has nothing to reset.
+pub fn reset_state(config: &LearnerConfig, state: &mut ParamState, is_intercept: bool) {
+    match config.optimizer {
+        OptimizerKind::Sgd => {}
+        OptimizerKind::Adagrad | OptimizerKind::Rmsprop => state.v = 0.0,
+        OptimizerKind::Adam => {
+            state.m = 0.0;
+            state.v = 0.0;
+        }
+        OptimizerKind::Ftrl => {
+            let (l1, l2) = if is_intercept {
+                (0.0, 0.0)
+            } else {
+                (config.l1, config.l2)
+            };
+            let w = state.value;
+            state.v = 0.0;
+            state.m = if w == 0.0 {
+                0.0
+            } else {
+                -w * (config.ftrl_beta / config.learning_rate + l2) - w.signum() * l1
+            };
+        }
+    }
 }
 
 /// The logistic function, computed without overflow for any margin.
@@ -127,6 +171,9 @@ impl Learner {
             config,
             params: HashMap::new(),
             examples_seen: 0,
+            drift: drift::DriftState::default(),
+            drift_events: Vec::new(),
+            reset_happened: false,
         }
     }
 
@@ -224,6 +271,27 @@ impl Learner {
         }
     }
 
+    /// The learning rate the next step uses: the scheduled rate times the drift multiplier.
+    pub fn effective_learning_rate(&self) -> f64 {
+        self.current_learning_rate() * self.drift.lr_multiplier
+    }
+
+    /// The model-level state to persist next to `examples_seen`.
+    pub fn model_state(&self) -> ModelState {
+        ModelState {
+            drift: self.drift.clone(),
+        }
+    }
+
+    pub fn restore_model_state(&mut self, state: ModelState) {
+        self.drift = state.drift;
+    }
+
+    /// Drifts detected since the last call.
+    pub fn take_drift_events(&mut self) -> Vec<drift::DriftEvent> {
+        std::mem::take(&mut self.drift_events)
+    }
+
     /// Names of the parameters an example touches (the intercept, then its features in name
     /// order), for callers that load state lazily.
     pub fn touched_parameters(example: &Example) -> impl Iterator<Item = &str> {
@@ -249,7 +317,7 @@ impl Learner {
             Err(_) => Step {
                 prediction: self.predict(example.features()),
                 loss: f64::NAN,
-                learning_rate: self.current_learning_rate(),
+                learning_rate: self.effective_learning_rate(),
             },
         }
     }
@@ -263,10 +331,36 @@ impl Learner {
                 value: example.weight,
             });
         }
-        let lr = self.current_learning_rate();
         let features = example.features();
         let prediction = self.predict(features);
         let step_loss = loss(self.kind, prediction, example.label);
+        // Drift is judged on the loss before learning; an adaptation applies from this example.
+        if let Some(event) = self
+            .drift
+            .observe(step_loss, self.examples_seen, &self.config.drift)
+        {
+            match event.adaptation {
+                drift::Adaptation::None => {}
+                // FTRL's per-coordinate rates are derived from its own sums, which assume a
+                // fixed alpha: a varying rate would corrupt z, so FTRL records the drift only
+                // (use `reset` to restart its rates).
+                drift::Adaptation::Boost if self.config.optimizer != OptimizerKind::Ftrl => {
+                    self.drift.lr_multiplier = self.config.drift.boost_factor;
+                }
+                drift::Adaptation::Boost => {}
+                drift::Adaptation::Reset => {
+                    for (name, state) in self.params.iter_mut() {
+                        reset_state(&self.config, state, name == INTERCEPT);
+                    }
+                    self.reset_happened = true;
+                }
+            }
+            self.drift_events.push(drift::DriftEvent {
+                lr_multiplier: self.drift.lr_multiplier,
+                ..event
+            });
+        }
+        let lr = self.effective_learning_rate();
         let residual = sat(example.weight * (prediction - example.label), GRAD_MAX);
 
         self.update(INTERCEPT, None, residual, lr);
@@ -274,6 +368,7 @@ impl Learner {
             self.update(name, Some(*x), residual, lr);
         }
         self.examples_seen = self.examples_seen.saturating_add(1);
+        self.drift.decay(&self.config.drift);
         Ok(Step {
             prediction,
             loss: step_loss,

@@ -2,6 +2,7 @@
 //! commits each model batch in one transaction (parameters, history, version, metrics,
 //! acknowledgement, notification), so every event is applied exactly once or dead-lettered.
 
+pub mod drift;
 pub mod examples;
 pub mod queue;
 
@@ -13,7 +14,7 @@ use sqlx::PgPool;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
-use crate::learner::{Learner, ModelKind, ParamState};
+use crate::learner::{reset_state, Learner, ModelKind, ParamState, INTERCEPT};
 use crate::models::{self, ModelError};
 use crate::params::{self, ParamChange};
 use crate::versions::{self, VersionRecord};
@@ -141,6 +142,9 @@ impl Worker {
             },
         };
         cached.learner.examples_seen = model.examples_seen;
+        cached
+            .learner
+            .restore_model_state(model.learner_state.clone());
         let missing: Vec<&str> = {
             let mut names: Vec<&str> = examples
                 .iter()
@@ -179,6 +183,24 @@ impl Worker {
                 }
             }
         }
+        let drift_events = cached.learner.take_drift_events();
+        if std::mem::take(&mut cached.learner.reset_happened) {
+            // A `reset` adaptation reset the parameters in memory. Every stored parameter this
+            // batch did not touch is reset from its stored state, exactly as the learner did (or
+            // would have, for those this worker never loaded).
+            let config = cached.learner.config.clone();
+            for (name, mut state) in params::load_all(&mut *tx, model_id).await? {
+                if before.contains_key(&name) {
+                    continue;
+                }
+                before.insert(
+                    name.clone(),
+                    (Some(state), cached.learner.effective_learning_rate()),
+                );
+                reset_state(&config, &mut state, name == INTERCEPT);
+                cached.learner.params.insert(name, state);
+            }
+        }
         let changes: Vec<ParamChange> = before
             .into_iter()
             .filter_map(|(name, (old, rate))| {
@@ -213,10 +235,14 @@ impl Worker {
             correct: (model.kind == ModelKind::Logistic).then_some(correct),
             dead_lettered: dead.len() as i32,
             parameters_changed: changes.len() as i32,
-            learning_rate: Some(cached.learner.current_learning_rate()),
+            learning_rate: Some(cached.learner.effective_learning_rate()),
             rolled_back_to: None,
             source: Some(self.config.source.clone()),
+            learner_state: Some(
+                serde_json::to_value(cached.learner.model_state()).expect("state serializes"),
+            ),
         };
+        drift::record_events(&mut tx, model_id, version, &drift_events).await?;
         versions::commit_version(
             &mut tx,
             model_id,
@@ -237,8 +263,14 @@ impl Worker {
             parameters_changed = changes.len(),
             mean_loss = loss_sum / examples.len() as f64,
             ms = started.elapsed().as_secs_f64() * 1e3,
+            drifts = drift_events.len(),
             "applied batch"
         );
+        for event in &drift_events {
+            tracing::warn!(%model_id, version, detector = %event.detector, statistic = event.statistic,
+                threshold = event.threshold, at_example = event.at_example,
+                adaptation = ?event.adaptation, "concept drift detected");
+        }
         Ok(BatchOutcome::Applied {
             version,
             examples: examples.len(),

@@ -1,0 +1,279 @@
+//! Concept drift: detection on the prequential loss, adaptation, and (against PostgreSQL) the
+//! detector state surviving a worker restart.
+
+mod common;
+
+use common::*;
+use olps::learner::drift::{Adaptation, DetectorKind, DriftConfig};
+use olps::learner::{Example, Learner, LearnerConfig, ModelKind, OptimizerKind};
+use rand::{Rng, SeedableRng};
+
+/// A seed_stream-like linear stream: y = s * sum(x) + noise, with s flipping at `flip_at`.
+fn linear_stream(n: usize, flip_at: Option<usize>, seed: u64) -> Vec<Row> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let x: Vec<f64> = (0..5)
+                .map(|_| rng.sample::<f64, _>(rand_distr_normal()))
+                .collect();
+            let sign = if flip_at.is_some_and(|f| i >= f) {
+                -1.0
+            } else {
+                1.0
+            };
+            let y = sign * x.iter().sum::<f64>() + 0.1 * rng.sample::<f64, _>(rand_distr_normal());
+            ((0..5).map(|j| (format!("x{j}"), x[j])).collect(), y)
+        })
+        .collect()
+}
+
+/// A logistic stream whose decision boundary rotates by `angle` radians at `rotate_at`.
+fn rotating_stream(n: usize, rotate_at: Option<usize>, angle: f64, seed: u64) -> Vec<Row> {
+    let mut rng = rand::rngs::StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let a: f64 = rng.gen_range(-3.0..3.0);
+            let b: f64 = rng.gen_range(-3.0..3.0);
+            let theta = if rotate_at.is_some_and(|r| i >= r) {
+                angle
+            } else {
+                0.0
+            };
+            let score = theta.cos() * a + theta.sin() * b;
+            let label = if score > 0.0 { 1.0 } else { 0.0 };
+            (vec![("a".into(), a), ("b".into(), b)], label)
+        })
+        .collect()
+}
+
+fn rand_distr_normal() -> impl rand::distributions::Distribution<f64> {
+    // Box-Muller over the standard uniform: enough for test streams, no extra dependency.
+    struct Normal;
+    impl rand::distributions::Distribution<f64> for Normal {
+        fn sample<R: Rng + ?Sized>(&self, rng: &mut R) -> f64 {
+            let u1: f64 = rng.gen_range(f64::EPSILON..1.0);
+            let u2: f64 = rng.gen();
+            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()
+        }
+    }
+    Normal
+}
+
+struct Run {
+    detections: Vec<i64>,
+    losses: Vec<f64>,
+}
+
+fn run(kind: ModelKind, config: LearnerConfig, rows: &[Row]) -> Run {
+    let mut learner = Learner::new(kind, config);
+    let mut losses = Vec::with_capacity(rows.len());
+    for (features, label) in rows {
+        let step = learner.learn(&Example::new(features.clone(), *label, 1.0).unwrap());
+        losses.push(step.loss);
+    }
+    let detections = learner
+        .take_drift_events()
+        .iter()
+        .map(|e| e.at_example)
+        .collect();
+    Run { detections, losses }
+}
+
+fn with(
+    optimizer: OptimizerKind,
+    rate: f64,
+    detector: DetectorKind,
+    adaptation: Adaptation,
+) -> LearnerConfig {
+    LearnerConfig {
+        optimizer,
+        learning_rate: rate,
+        drift: DriftConfig {
+            detector,
+            adaptation,
+            ..DriftConfig::default()
+        },
+        ..LearnerConfig::default()
+    }
+}
+
+fn mean(xs: &[f64]) -> f64 {
+    xs.iter().sum::<f64>() / xs.len() as f64
+}
+
+#[test]
+fn detectors_fire_soon_after_an_abrupt_drift_and_never_on_stationary_streams() {
+    let streams: Vec<(&str, ModelKind, Vec<Row>, Vec<Row>)> = vec![
+        (
+            "seed_stream",
+            ModelKind::Linear,
+            seed_stream(),
+            linear_stream(2_000, None, 1),
+        ),
+        (
+            "generated sign flip",
+            ModelKind::Linear,
+            linear_stream(2_000, Some(1_000), 2),
+            linear_stream(2_000, None, 2),
+        ),
+        (
+            "rotating boundary",
+            ModelKind::Logistic,
+            rotating_stream(4_000, Some(2_000), 2.5, 3),
+            rotating_stream(4_000, None, 0.0, 3),
+        ),
+    ];
+    for detector in [DetectorKind::PageHinkley, DetectorKind::Adwin] {
+        for (name, kind, drifting, stationary) in &streams {
+            let change = (drifting.len() / 2) as i64;
+            let config = with(OptimizerKind::Sgd, 0.02, detector, Adaptation::None);
+            let quiet = run(*kind, config.clone(), stationary);
+            println!("{detector:?} {name} stationary: {:?}", quiet.detections);
+            let noisy = run(*kind, config, drifting);
+            println!("{detector:?} {name} drifting: {:?}", noisy.detections);
+            assert!(
+                quiet.detections.is_empty(),
+                "{detector:?} {name}: false alarms {:?}",
+                quiet.detections
+            );
+            let first = noisy.detections.iter().find(|&&at| at >= change).copied();
+            let early: Vec<_> = noisy.detections.iter().filter(|&&at| at < change).collect();
+            assert!(
+                early.is_empty(),
+                "{detector:?} {name}: alarms before the change {early:?}"
+            );
+            let delay = first.map(|at| at - change);
+            assert!(
+                delay.is_some_and(|d| d <= 300),
+                "{detector:?} {name}: detection delay {delay:?}"
+            );
+        }
+    }
+}
+
+#[test]
+fn adaptation_lowers_the_loss_after_the_drift() {
+    for (optimizer, rate, adaptation) in [
+        (OptimizerKind::Sgd, 0.02, Adaptation::Boost),
+        (OptimizerKind::Adagrad, 0.5, Adaptation::Reset),
+        (OptimizerKind::Adagrad, 0.5, Adaptation::Boost),
+    ] {
+        for (name, kind, rows) in [
+            ("seed_stream", ModelKind::Linear, seed_stream()),
+            (
+                "rotating",
+                ModelKind::Logistic,
+                rotating_stream(4_000, Some(2_000), 2.5, 3),
+            ),
+        ] {
+            let change = rows.len() / 2;
+            let off = run(
+                kind,
+                with(optimizer, rate, DetectorKind::Both, Adaptation::None),
+                &rows,
+            );
+            let on = run(
+                kind,
+                with(optimizer, rate, DetectorKind::Both, adaptation),
+                &rows,
+            );
+            let (loss_off, loss_on) = (
+                mean(&off.losses[change..change + 500]),
+                mean(&on.losses[change..change + 500]),
+            );
+            println!("{optimizer} {adaptation:?} {name}: off {loss_off:.4} on {loss_on:.4} detections {:?}", on.detections);
+            assert!(
+                loss_on < loss_off,
+                "{optimizer} {adaptation:?} {name}: with {loss_on} vs without {loss_off}"
+            );
+        }
+    }
+}
+
+async fn drift_rows(pool: &sqlx::PgPool, model: uuid::Uuid) -> Vec<(i64, String)> {
+    sqlx::query_as("SELECT at_example, detector FROM drift_events WHERE model_id = $1 ORDER BY id")
+        .bind(model)
+        .fetch_all(pool)
+        .await
+        .unwrap()
+}
+
+#[tokio::test]
+async fn worker_records_drifts_and_detector_state_survives_a_restart() {
+    let db = TestDb::new().await;
+    let rows = seed_stream();
+    let config = with(
+        OptimizerKind::Sgd,
+        0.02,
+        DetectorKind::Both,
+        Adaptation::Boost,
+    );
+    let continuous = create_model(&db.pool, "continuous", ModelKind::Linear, config.clone()).await;
+    let restarted = create_model(&db.pool, "restarted", ModelKind::Linear, config).await;
+    insert_stream(&db.pool, continuous.model_id, &rows).await;
+    drain(&db.pool, 100).await;
+    // The other model: a worker drains the first 990 rows and stops; a new worker (fresh
+    // process state, nothing cached) drains the rest, which holds the drift.
+    insert_stream(&db.pool, restarted.model_id, &rows[..990]).await;
+    drain(&db.pool, 100).await;
+    insert_stream(&db.pool, restarted.model_id, &rows[990..]).await;
+    drain(&db.pool, 64).await;
+
+    let mut expected = learn_in_memory(&continuous, &rows);
+    let expected_at: Vec<i64> = expected
+        .take_drift_events()
+        .iter()
+        .map(|e| e.at_example)
+        .collect();
+    assert!(!expected_at.is_empty());
+    for model in [&continuous, &restarted] {
+        let got = drift_rows(&db.pool, model.model_id).await;
+        let got_at: Vec<i64> = got.iter().map(|r| r.0).collect();
+        assert_eq!(
+            got_at, expected_at,
+            "{}: same detections as one uninterrupted run",
+            model.name
+        );
+        assert_params_equal(&db.pool, model.model_id, &expected).await;
+        assert_linear_history(&db.pool, model.model_id).await;
+    }
+    // The boost is in the history: learning rates above the base rate right after the drift.
+    let boosted: f64 =
+        sqlx::query_scalar("SELECT max(learning_rate) FROM parameter_updates WHERE model_id = $1")
+            .bind(continuous.model_id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
+    assert!(
+        boosted > 0.02 * 2.0,
+        "boosted rate recorded in history: {boosted}"
+    );
+}
+
+#[tokio::test]
+async fn reset_adaptation_resets_parameters_the_worker_never_loaded() {
+    let db = TestDb::new().await;
+    // Dense features that drift, plus sparse indicators: many parameters are untouched by the
+    // batch in which the drift is detected, and must be reset in the database all the same.
+    let mut rng = rand::rngs::StdRng::seed_from_u64(9);
+    let rows: Vec<Row> = seed_stream()
+        .into_iter()
+        .map(|(mut features, y)| {
+            features.push((format!("tag{}", rng.gen_range(0..300)), 1.0));
+            (features, y)
+        })
+        .collect();
+    let config = with(
+        OptimizerKind::Adagrad,
+        0.5,
+        DetectorKind::PageHinkley,
+        Adaptation::Reset,
+    );
+    let model = create_model(&db.pool, "reset", ModelKind::Linear, config).await;
+    insert_stream(&db.pool, model.model_id, &rows).await;
+    drain(&db.pool, 50).await;
+    let expected = learn_in_memory(&model, &rows);
+    assert!(!drift_rows(&db.pool, model.model_id).await.is_empty());
+    assert_params_equal(&db.pool, model.model_id, &expected).await;
+    assert_linear_history(&db.pool, model.model_id).await;
+}
