@@ -110,6 +110,8 @@ pub enum ModelCommand {
     },
     /// Show one model (by UUID or name) as JSON.
     Show { model: String },
+    /// Let a quarantined model learn again (its pending feedback is kept and then applied).
+    Resume { model: String },
 }
 
 #[derive(Debug, Args)]
@@ -325,6 +327,20 @@ async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Show { model } => {
             let model = models::find(&pool, &model).await?;
             println!("{}", serde_json::to_string_pretty(&model)?);
+        }
+        ModelCommand::Resume { model } => {
+            let model = models::find(&pool, &model).await?;
+            if crate::monitor::resume(&pool, model.model_id).await? {
+                println!(
+                    "model '{}' resumed: the worker applies its pending feedback again",
+                    model.name
+                );
+            } else {
+                println!(
+                    "model '{}' was not quarantined (status {})",
+                    model.name, model.status
+                );
+            }
         }
     }
     Ok(())
