@@ -173,3 +173,39 @@ pub async fn lock(
     .await?;
     row.as_ref().map(from_row).transpose()
 }
+
+/// Deletes a model and every row that belongs to it, in one transaction. Returns the rows
+/// removed per table.
+pub async fn delete(pool: &sqlx::PgPool, model_id: Uuid) -> Result<Vec<(String, u64)>, ModelError> {
+    // Children first: the queue references events, snapshot parameters reference snapshots.
+    const TABLES: [&str; 9] = [
+        "feedback_queue",
+        "feedback_events",
+        "prediction_log",
+        "drift_events",
+        "snapshot_parameters",
+        "snapshots",
+        "parameter_updates",
+        "model_parameters",
+        "model_versions",
+    ];
+    let mut tx = pool.begin().await?;
+    lock(&mut tx, model_id, false).await?;
+    let mut removed = Vec::new();
+    for table in TABLES {
+        let done = sqlx::query(&format!("DELETE FROM {table} WHERE model_id = $1"))
+            .bind(model_id)
+            .execute(&mut *tx)
+            .await?;
+        removed.push((table.to_string(), done.rows_affected()));
+    }
+    let done = sqlx::query("DELETE FROM models WHERE model_id = $1")
+        .bind(model_id)
+        .execute(&mut *tx)
+        .await?;
+    if done.rows_affected() == 0 {
+        return Err(ModelError::NotFound(model_id.to_string()));
+    }
+    tx.commit().await?;
+    Ok(removed)
+}

@@ -167,6 +167,73 @@ pub struct LearnerConfig {
     pub standardize: bool,
     /// Concept-drift detection over the prequential loss, and what to do on drift.
     pub drift: super::drift::DriftConfig,
+    /// The guard against bad learning (applied by the worker, not the learner).
+    pub guard: GuardConfig,
+}
+
+/// The guard against bad learning: when the prequential loss over the last `window` examples
+/// exceeds `(1 + threshold)` times the best loss at one of the model's `snapshots` most recent
+/// snapshots (and by at least `min_increase`), the worker rolls the model back to that snapshot
+/// and quarantines it (`olps model resume` lets it learn again; its feedback waits, kept).
+///
+/// Off by default: the loss alone cannot tell a poisoned feed from a genuine drift, which also
+/// raises it; turn it on for models whose labels can be attacked or broken, with a threshold
+/// above the drifts you expect to adapt to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct GuardConfig {
+    pub enabled: bool,
+    pub window: i64,
+    pub threshold: f64,
+    pub min_increase: f64,
+    pub snapshots: i64,
+}
+
+impl Default for GuardConfig {
+    fn default() -> Self {
+        GuardConfig {
+            enabled: false,
+            window: 500,
+            threshold: 1.0,
+            min_increase: 0.05,
+            snapshots: 5,
+        }
+    }
+}
+
+impl GuardConfig {
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let bad =
+            |field: &'static str, message: String| Err(ConfigError::Invalid { field, message });
+        if !(10..=10_000_000).contains(&self.window) {
+            return bad(
+                "guard.window",
+                format!(
+                    "must be between 10 and 10000000 examples, got {}",
+                    self.window
+                ),
+            );
+        }
+        if !(self.threshold.is_finite() && self.threshold > 0.0) {
+            return bad(
+                "guard.threshold",
+                format!("must be a finite number > 0, got {}", self.threshold),
+            );
+        }
+        if !(self.min_increase.is_finite() && self.min_increase >= 0.0) {
+            return bad(
+                "guard.min_increase",
+                format!("must be a finite number >= 0, got {}", self.min_increase),
+            );
+        }
+        if !(1..=100).contains(&self.snapshots) {
+            return bad(
+                "guard.snapshots",
+                format!("must be between 1 and 100, got {}", self.snapshots),
+            );
+        }
+        Ok(())
+    }
 }
 
 impl Default for LearnerConfig {
@@ -213,6 +280,7 @@ impl Default for LearnerConfig {
             clip_gradient: 0.0,
             standardize: true,
             drift: super::drift::DriftConfig::default(),
+            guard: GuardConfig::default(),
         }
     }
 }
@@ -258,6 +326,7 @@ impl LearnerConfig {
             x >= 0.0
         })?;
         self.drift.validate()?;
+        self.guard.validate()?;
         Ok(())
     }
 

@@ -21,7 +21,7 @@ mod optimizer;
 use std::collections::HashMap;
 
 pub use config::{
-    ConfigError, LearnerConfig, LrSchedule, ModelKind, OptimizerKind, ParseEnumError,
+    ConfigError, GuardConfig, LearnerConfig, LrSchedule, ModelKind, OptimizerKind, ParseEnumError,
 };
 pub use example::{validate_label, Example, ExampleError};
 pub use optimizer::{contribution, standardized_value, GRAD_MAX, TERM_MAX, VALUE_MAX};

@@ -28,6 +28,8 @@ pub enum WorkerError {
     Db(#[from] sqlx::Error),
     #[error(transparent)]
     Model(#[from] ModelError),
+    #[error(transparent)]
+    History(#[from] crate::history::HistoryError),
 }
 
 #[derive(Debug, Clone)]
@@ -130,6 +132,7 @@ impl Worker {
         if examples.is_empty() {
             tx.commit().await?;
             tracing::warn!(%model_id, dead = dead.len(), "dead-lettered a batch of unusable rows");
+            crate::metrics::worker_dead(&model.name, dead.len() as u64);
             return Ok(BatchOutcome::DeadOnly { dead: dead.len() });
         }
 
@@ -217,6 +220,23 @@ impl Worker {
             .collect();
 
         let version = model.version + 1;
+        if drift_events
+            .iter()
+            .any(|e| e.adaptation != crate::learner::drift::Adaptation::None)
+        {
+            // The state before the adaptation, as a rollback target for the guard. It is taken
+            // before this batch's changes are written, so it is exactly the previous version.
+            let label = format!("auto-before-adaptation-v{version}");
+            crate::snapshots::create_in_tx(
+                &mut tx,
+                model_id,
+                model.version,
+                model.examples_seen,
+                Some(&label),
+                "auto",
+            )
+            .await?;
+        }
         params::write_changes(
             &mut tx,
             model_id,
@@ -251,10 +271,15 @@ impl Worker {
             &record,
         )
         .await?;
+        crate::snapshots::maybe_auto_snapshot(&mut tx, model_id, version).await?;
         tx.commit().await?;
+        crate::metrics::worker_batch(&model.name, examples.len(), dead.len(), loss_sum);
 
         cached.version = version;
         self.cache.insert(model_id, cached);
+        if model.settings.guard.enabled {
+            self.guard(model_id, version, &model.settings.guard).await?;
+        }
         tracing::info!(
             %model_id,
             version,
@@ -279,12 +304,45 @@ impl Worker {
         })
     }
 
+    /// The guard against bad learning, after a committed batch: when the windowed loss has
+    /// degraded past the threshold relative to the best recent snapshot, quarantine the model
+    /// (workers skip it; its feedback stays pending) and roll it back to that snapshot.
+    async fn guard(
+        &mut self,
+        model_id: Uuid,
+        version: i64,
+        guard: &crate::learner::GuardConfig,
+    ) -> Result<(), WorkerError> {
+        let Some(trip) = crate::monitor::check_guard(&self.pool, model_id, version, guard).await?
+        else {
+            return Ok(());
+        };
+        let reason = trip.reason(version);
+        // Quarantine first, so no batch can slip in between the rollback and the quarantine.
+        if crate::monitor::quarantine(&self.pool, model_id, &reason).await? {
+            self.cache.remove(&model_id);
+            let target = crate::rollback::RollbackTarget::Snapshot(trip.snapshot_id.to_string());
+            let outcome = crate::rollback::rollback(&self.pool, model_id, &target).await?;
+            tracing::error!(
+                %model_id,
+                version,
+                rolled_back_to = trip.snapshot_version,
+                rollback_version = outcome.version,
+                current_loss = trip.current_loss,
+                snapshot_loss = trip.snapshot_loss,
+                "guard tripped: model rolled back and quarantined"
+            );
+        }
+        Ok(())
+    }
+
     /// One pass over the models with work: a batch each. Returns what was done.
     pub async fn run_pass(&mut self) -> Result<WorkerStats, WorkerError> {
         let mut stats = WorkerStats {
             dead: queue::dead_letter_unknown_models(&self.pool).await?,
             ..WorkerStats::default()
         };
+        crate::metrics::worker_dead("unknown model", stats.dead);
         for model_id in queue::models_with_work(&self.pool, &self.config.models).await? {
             match self.run_batch(model_id).await? {
                 BatchOutcome::Applied { examples, dead, .. } => {
