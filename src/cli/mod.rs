@@ -17,6 +17,11 @@ use crate::models::{self, NewModel};
 use crate::schema;
 use crate::worker::{Worker, WorkerConfig};
 
+mod versions;
+pub use versions::{
+    HistoryArgs, HistoryCommand, OutputFormat, ParamsArgs, RollbackArgs, SnapshotCommand,
+};
+
 #[derive(Debug, Parser)]
 #[command(
     name = "olps",
@@ -38,9 +43,21 @@ pub enum Command {
     Worker(WorkerArgs),
     /// Run the service and a worker in one process.
     Up(UpArgs),
+    /// The main job end to end on the embedded default: a fraud model learning online, drift,
+    /// a bad feed and a rollback, with a report and a learning-curve SVG.
+    Demo(crate::demo::DemoArgs),
     /// Create, list and show models.
     #[command(subcommand)]
     Model(ModelCommand),
+    /// Create, list and delete snapshots; set automatic snapshots.
+    #[command(subcommand)]
+    Snapshot(SnapshotCommand),
+    /// Make a model's parameters those of an earlier (or later) version, as a new version.
+    Rollback(RollbackArgs),
+    /// A model's parameters at a version or a time.
+    Params(ParamsArgs),
+    /// A model's update history, newest first; `history prune` deletes old history.
+    History(HistoryArgs),
 }
 
 #[derive(Debug, Args)]
@@ -67,6 +84,29 @@ pub struct WorkerArgs {
     /// Milliseconds between queue polls when no notification arrives.
     #[arg(long, env = "OLPS_POLL_INTERVAL_MS", default_value_t = 250)]
     pub poll_interval_ms: u64,
+    /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9091.
+    #[arg(long, env = "OLPS_METRICS_LISTEN")]
+    pub metrics_listen: Option<String>,
+}
+
+/// Starts `GET /metrics` on `--metrics-listen` when given.
+async fn spawn_metrics(
+    args: &WorkerArgs,
+    pool: &PgPool,
+    shutdown: &CancellationToken,
+) -> anyhow::Result<()> {
+    if let Some(addr) = &args.metrics_listen {
+        let listener = TcpListener::bind(addr)
+            .await
+            .with_context(|| format!("cannot listen on {addr} for metrics"))?;
+        tracing::info!(addr = %listener.local_addr()?, "serving metrics");
+        tokio::spawn(crate::metrics::serve(
+            listener,
+            pool.clone(),
+            shutdown.clone(),
+        ));
+    }
+    Ok(())
 }
 
 impl WorkerArgs {
@@ -112,6 +152,8 @@ pub enum ModelCommand {
     Show { model: String },
     /// Let a quarantined model learn again (its pending feedback is kept and then applied).
     Resume { model: String },
+    /// Delete a model and all its rows (parameters, history, feedback, snapshots).
+    Delete { model: String },
 }
 
 #[derive(Debug, Args)]
@@ -179,7 +221,12 @@ impl CreateModelArgs {
 /// Entry point of the binary: parses arguments, runs, prints errors.
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_tracing();
+    // The demo has a progress bar and a report of its own: only errors in between.
+    init_tracing(if matches!(cli.command, Command::Demo(_)) {
+        "error"
+    } else {
+        "warn,olps=info"
+    });
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
@@ -189,14 +236,19 @@ pub async fn main() -> ExitCode {
     }
 }
 
-fn init_tracing() {
+fn init_tracing(default_filter: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_env("OLPS_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,olps=info"));
-    let _ = tracing_subscriber::fmt()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter));
+    let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .try_init();
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()));
+    // OLPS_LOG_FORMAT=json: one JSON object per event (request logs included), for log pipelines.
+    let _ = if std::env::var("OLPS_LOG_FORMAT").is_ok_and(|f| f.eq_ignore_ascii_case("json")) {
+        builder.json().try_init()
+    } else {
+        builder.try_init()
+    };
 }
 
 /// Resolves the database, says which one is used, and applies pending migrations.
@@ -248,7 +300,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => {
             let (_, pool) = open(4).await?;
             let config = args.config(&pool).await?;
-            let stats = Worker::new(pool, config).run(shutdown_token()).await?;
+            let shutdown = shutdown_token();
+            spawn_metrics(&args, &pool, &shutdown).await?;
+            let stats = Worker::new(pool, config).run(shutdown.clone()).await?;
+            shutdown.cancel();
             eprintln!(
                 "olps: worker applied {} batches, {} events, dead-lettered {}",
                 stats.batches, stats.examples, stats.dead
@@ -263,6 +318,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {}", args.serve.listen))?;
             tracing::info!(addr = %listener.local_addr()?, "serving");
             let shutdown = shutdown_token();
+            spawn_metrics(&args.worker, &pool, &shutdown).await?;
             let mut worker = Worker::new(pool.clone(), config);
             let worker_shutdown = shutdown.clone();
             let worker = tokio::spawn(async move { worker.run(worker_shutdown).await });
@@ -273,6 +329,19 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Model(command) => run_model(command).await,
+        Command::Demo(args) => {
+            let database = prepare_database().await?;
+            let keep = args.keep;
+            let report = crate::demo::run(args, &database).await?;
+            if !keep {
+                println!("{}", report.text);
+            }
+            Ok(())
+        }
+        Command::Snapshot(command) => versions::run_snapshot(command).await,
+        Command::Rollback(args) => versions::run_rollback(args).await,
+        Command::Params(args) => versions::run_params(args).await,
+        Command::History(args) => versions::run_history(args).await,
     }
 }
 
@@ -327,6 +396,15 @@ async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
         ModelCommand::Show { model } => {
             let model = models::find(&pool, &model).await?;
             println!("{}", serde_json::to_string_pretty(&model)?);
+        }
+        ModelCommand::Delete { model } => {
+            let model = models::find(&pool, &model).await?;
+            let removed = models::delete(&pool, model.model_id).await?;
+            let rows: u64 = removed.iter().map(|r| r.1).sum();
+            println!(
+                "deleted model '{}' ({}) and {rows} rows",
+                model.name, model.model_id
+            );
         }
         ModelCommand::Resume { model } => {
             let model = models::find(&pool, &model).await?;

@@ -446,7 +446,8 @@ pub async fn run(args: DemoArgs, database: &Database) -> anyhow::Result<DemoRepo
     );
     std::fs::create_dir_all(&args.out)
         .with_context(|| format!("creating {}", args.out.display()))?;
-    let svg = args.out.join("learning-curve.svg");
+    let out = std::fs::canonicalize(&args.out)?;
+    let svg = out.join("learning-curve.svg");
     let mut markers = vec![plot::Marker {
         version: snap_change.1 as f64 + 0.5,
         label: "fraud pattern changes".into(),
@@ -513,7 +514,7 @@ pub async fn run(args: DemoArgs, database: &Database) -> anyhow::Result<DemoRepo
         events_per_second: total as f64 / seconds,
         seconds,
         svg: svg.clone(),
-        report: args.out.join("report.txt"),
+        report: out.join("report.txt"),
         commands,
         text: String::new(),
     };

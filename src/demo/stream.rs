@@ -85,7 +85,7 @@ impl Generator {
                     - 1.5 * b(amount > 300.0)
             }
         };
-        let fraud = score + 0.6 * normal(rng) > 0.0;
+        let fraud = score + 0.3 * normal(rng) > 0.0;
         let features = vec![
             ("amount".to_string(), (amount * 100.0).round() / 100.0),
             ("hour".to_string(), hour as f64),
