@@ -3,19 +3,21 @@
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::http::StatusCode;
-use axum::routing::get;
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use serde::Deserialize;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::{CreateModelDoc, ErrorBody, ModelDoc, ModelListDoc};
 use super::{parse_json, ApiError, AppState};
 use crate::learner::{LearnerConfig, ModelKind};
 use crate::models::{self, Model, NewModel};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/models", get(list).post(create))
-        .route("/v1/models/{model}", get(show))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list, create))
+        .routes(routes!(show))
 }
 
 #[derive(Deserialize)]
@@ -27,6 +29,18 @@ struct CreateModel {
     settings: Option<LearnerConfig>,
 }
 
+/// Creates a model (version 0, no parameters yet).
+#[utoipa::path(
+    post,
+    path = "/v1/models",
+    tag = "models",
+    request_body = CreateModelDoc,
+    responses(
+        (status = 201, description = "Created", body = ModelDoc),
+        (status = 400, description = "Invalid name, kind or settings", body = ErrorBody),
+        (status = 409, description = "A model with that name exists", body = ErrorBody),
+    )
+)]
 async fn create(
     State(state): State<AppState>,
     body: Result<Bytes, BytesRejection>,
@@ -41,11 +55,29 @@ async fn create(
     Ok((StatusCode::CREATED, Json(model)))
 }
 
+/// Every model, by name.
+#[utoipa::path(
+    get,
+    path = "/v1/models",
+    tag = "models",
+    responses((status = 200, description = "The models", body = ModelListDoc))
+)]
 async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
     let models = models::list(&state.pool).await?;
     Ok(Json(serde_json::json!({ "models": models })))
 }
 
+/// One model, by UUID or name.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}",
+    tag = "models",
+    params(("model" = String, Path, description = "The model's UUID or name")),
+    responses(
+        (status = 200, description = "The model", body = ModelDoc),
+        (status = 404, description = "No such model", body = ErrorBody),
+    )
+)]
 async fn show(
     State(state): State<AppState>,
     Path(model): Path<String>,

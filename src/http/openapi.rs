@@ -1,0 +1,250 @@
+//! The OpenAPI 3 document of the HTTP API, generated from the handlers' `#[utoipa::path]`
+//! annotations: every area's `router()` returns a `utoipa_axum::router::OpenApiRouter` whose
+//! routes are registered with `routes!(handler, ...)`, which adds the route to the server and its
+//! operation to the document in one step, so the two cannot drift. `GET /openapi.json` serves it.
+//!
+//! Shapes that live outside `http` (the stored [`crate::models::Model`], its settings, the
+//! feedback answer) are described here by doc-only mirror types; a test compares their
+//! properties with what the API actually serializes.
+
+use std::borrow::Cow;
+use std::collections::HashMap;
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use utoipa::openapi::schema::{ObjectBuilder, Schema, Type};
+use utoipa::openapi::RefOr;
+use utoipa::{OpenApi, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::AppState;
+use crate::learner::LearnerConfig;
+
+#[derive(OpenApi)]
+#[openapi(
+    info(
+        title = "olps",
+        description = "Online-learning parameter store backed by PostgreSQL: models, feedback, \
+                       predictions from one consistent model version, versions and rollback. \
+                       Errors are always `{\"error\": {\"code\": ..., \"message\": ...}}`."
+    ),
+    components(schemas(ErrorBody, ErrorDetail, LearnerConfigDoc)),
+    tags(
+        (name = "models", description = "Create, list and show models"),
+        (name = "feedback", description = "Labels (and features) to learn from"),
+        (name = "serving", description = "Predictions from the in-memory model"),
+        (name = "operations", description = "Health, metrics and this document"),
+    )
+)]
+pub struct ApiDoc;
+
+/// Every error answer: `{"error": {"code": "...", "message": "..."}}`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorBody {
+    error: ErrorDetail,
+}
+
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct ErrorDetail {
+    /// Machine-readable: `invalid_request`, `invalid_body`, `invalid_feedback`, `not_found`,
+    /// `conflict`, `payload_too_large`, `method_not_allowed`, `timeout`,
+    /// `database_unavailable`, `internal`.
+    code: String,
+    /// What went wrong and what to do about it.
+    message: String,
+}
+
+/// The model family.
+#[derive(ToSchema)]
+#[schema(as = ModelKind)]
+#[allow(dead_code)]
+#[serde(rename_all = "lowercase")]
+pub enum ModelKindDoc {
+    Linear,
+    Logistic,
+}
+
+/// Learner settings. Its schema is generated from the defaults the library serializes, so it
+/// always lists exactly the fields the API accepts and shows (with their default values).
+pub struct LearnerConfigDoc;
+
+impl utoipa::PartialSchema for LearnerConfigDoc {
+    fn schema() -> RefOr<Schema> {
+        let defaults = serde_json::to_value(LearnerConfig::default()).expect("settings serialize");
+        let mut object = ObjectBuilder::new().description(Some(
+            "Learner settings: every field is optional on input (its default applies) and \
+             unknown fields are rejected. See LearnerConfig in the library for each field.",
+        ));
+        for (name, value) in defaults.as_object().into_iter().flatten() {
+            let kind = match value {
+                serde_json::Value::Bool(_) => Type::Boolean,
+                serde_json::Value::Number(_) => Type::Number,
+                serde_json::Value::String(_) => Type::String,
+                serde_json::Value::Array(_) => Type::Array,
+                _ => Type::Object,
+            };
+            object = object.property(
+                name,
+                ObjectBuilder::new()
+                    .schema_type(kind)
+                    .default(Some(value.clone())),
+            );
+        }
+        object.into()
+    }
+}
+
+impl ToSchema for LearnerConfigDoc {
+    fn name() -> Cow<'static, str> {
+        Cow::Borrowed("LearnerConfig")
+    }
+}
+
+/// A model as stored.
+#[derive(ToSchema)]
+#[schema(as = Model)]
+#[allow(dead_code)]
+pub struct ModelDoc {
+    #[schema(value_type = String, format = Uuid)]
+    model_id: uuid::Uuid,
+    name: String,
+    kind: ModelKindDoc,
+    settings: LearnerConfigDoc,
+    /// The current version: 0 before any learning, +1 per applied batch or rollback.
+    version: i64,
+    examples_seen: i64,
+    /// active or quarantined.
+    status: String,
+    status_reason: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    created_at: String,
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: String,
+}
+
+/// `GET /v1/models`.
+#[derive(ToSchema)]
+#[schema(as = ModelList)]
+#[allow(dead_code)]
+pub struct ModelListDoc {
+    models: Vec<ModelDoc>,
+}
+
+/// `POST /v1/models`.
+#[derive(ToSchema)]
+#[schema(as = CreateModel)]
+#[allow(dead_code)]
+pub struct CreateModelDoc {
+    /// 1..=200 characters, unique, not a UUID.
+    name: String,
+    kind: ModelKindDoc,
+    settings: Option<LearnerConfigDoc>,
+}
+
+/// One feedback event.
+#[derive(ToSchema)]
+#[schema(as = FeedbackEvent)]
+#[allow(dead_code)]
+pub struct FeedbackEventDoc {
+    entity_id: String,
+    /// explicit (priority 1.0), implicit (0.5), anything else (0.3).
+    feedback_type: String,
+    /// The label: the target for linear, a value in [0, 1] for logistic.
+    feedback_value: f64,
+    /// The example's weight, in (0, 1]; default 1.
+    confidence: Option<f64>,
+    /// Feature name -> number. Without features, the worker trains on the features logged by
+    /// the latest prediction for the same entity (delayed labels).
+    features: Option<HashMap<String, f64>>,
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+    /// RFC 3339; default now.
+    #[schema(value_type = Option<String>, format = DateTime)]
+    timestamp: Option<String>,
+}
+
+/// 1..=10,000 events, stored together or not at all.
+#[derive(ToSchema)]
+#[schema(as = FeedbackBatch)]
+#[allow(dead_code)]
+pub struct FeedbackBatchDoc {
+    events: Vec<FeedbackEventDoc>,
+}
+
+/// One event, or a batch.
+#[derive(ToSchema)]
+#[schema(as = FeedbackRequest)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum FeedbackRequestDoc {
+    One(FeedbackEventDoc),
+    Batch(FeedbackBatchDoc),
+}
+
+/// The stored events' ids, in request order.
+#[derive(ToSchema)]
+#[schema(as = Accepted)]
+#[allow(dead_code)]
+pub struct AcceptedDoc {
+    accepted: usize,
+    #[schema(value_type = Vec<String>)]
+    ids: Vec<uuid::Uuid>,
+}
+
+/// `GET /healthz`.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Health {
+    /// "ok".
+    status: String,
+}
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(openapi_json))
+        .routes(routes!(metrics))
+}
+
+/// The whole API's document (built once).
+pub fn document() -> &'static utoipa::openapi::OpenApi {
+    static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
+    DOC.get_or_init(|| super::api().into_openapi())
+}
+
+fn document_json() -> &'static str {
+    static JSON: OnceLock<String> = OnceLock::new();
+    JSON.get_or_init(|| {
+        document()
+            .to_pretty_json()
+            .expect("OpenAPI document serializes")
+    })
+}
+
+/// This document.
+#[utoipa::path(
+    get,
+    path = "/openapi.json",
+    tag = "operations",
+    responses((status = 200, description = "The OpenAPI 3 document", content_type = "application/json", body = Object))
+)]
+async fn openapi_json() -> Response {
+    ([(CONTENT_TYPE, "application/json")], document_json()).into_response()
+}
+
+/// Prometheus metrics (text format): requests and latency per route, predictions, feedback,
+/// queue depth and age, model versions, worker batches, dead letters, prequential loss, and the
+/// prediction log.
+#[utoipa::path(
+    get,
+    path = "/metrics",
+    tag = "operations",
+    responses((status = 200, description = "Prometheus text exposition format", content_type = "text/plain", body = String))
+)]
+async fn metrics(State(state): State<AppState>) -> Response {
+    crate::metrics::response(&state.pool).await
+}

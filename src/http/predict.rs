@@ -1,0 +1,316 @@
+//! POST /v1/models/{m}/predict: one instance or a batch, answered from the service's in-memory
+//! copy of the model (one version per request, named in the answer). With an `entity_id` the
+//! prediction is logged for delayed labels, off the request path.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::Json;
+use bytes::Bytes;
+use serde::de::{self, MapAccess, Visitor};
+use serde::{Deserialize, Deserializer, Serialize};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
+
+use super::openapi::ErrorBody;
+use super::{parse_json, ApiError, AppState};
+use crate::feedback::{MAX_ENTITY_ID_LEN, MAX_FEATURES, MAX_FEATURE_NAME_LEN};
+use crate::learner::INTERCEPT;
+use crate::serving::{LogRecord, ServedModel};
+
+/// Instances per batch request.
+pub const MAX_INSTANCES: usize = 10_000;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new().routes(routes!(predict))
+}
+
+/// Features of one instance: name -> number, sorted by name once parsed. Names must be
+/// non-empty, at most 200 characters, not `__intercept__`, given once; at most 1,000 features.
+#[derive(Debug, Clone, Default)]
+pub struct Features(pub Vec<(String, f64)>);
+
+impl<'de> Deserialize<'de> for Features {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Features, D::Error> {
+        struct FeaturesVisitor;
+        impl<'de> Visitor<'de> for FeaturesVisitor {
+            type Value = Features;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an object of feature name -> number")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Features, A::Error> {
+                let mut out: Vec<(String, f64)> =
+                    Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
+                while let Some(name) = map.next_key::<String>()? {
+                    if name.is_empty() {
+                        return Err(de::Error::custom("feature names must not be empty"));
+                    }
+                    if name.chars().count() > MAX_FEATURE_NAME_LEN {
+                        return Err(de::Error::custom(format!(
+                            "feature names must be at most {MAX_FEATURE_NAME_LEN} characters"
+                        )));
+                    }
+                    if name == INTERCEPT || name.contains('\0') {
+                        return Err(de::Error::custom(format!(
+                            "{name:?} is a reserved or invalid feature name"
+                        )));
+                    }
+                    if out.len() == MAX_FEATURES {
+                        return Err(de::Error::custom(format!(
+                            "at most {MAX_FEATURES} features per instance"
+                        )));
+                    }
+                    let value: f64 = map.next_value()?;
+                    out.push((name, value));
+                }
+                out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
+                if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
+                    return Err(de::Error::custom(format!(
+                        "feature {:?} is given more than once",
+                        w[0].0
+                    )));
+                }
+                Ok(Features(out))
+            }
+        }
+        deserializer.deserialize_map(FeaturesVisitor)
+    }
+}
+
+/// The request body as parsed: one instance (`features`) or a batch (`instances`).
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct PredictBody {
+    features: Option<Features>,
+    entity_id: Option<String>,
+    #[serde(default)]
+    explain: bool,
+    instances: Option<Vec<InstanceBody>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct InstanceBody {
+    features: Features,
+    entity_id: Option<String>,
+}
+
+/// One instance to predict.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PredictOne {
+    /// Feature name -> number. Features the model has never seen count as zero.
+    #[schema(value_type = HashMap<String, f64>)]
+    features: Features,
+    /// When given, the features, prediction and version are logged so that a later feedback
+    /// event for this entity can omit the features (delayed labels). 1..=256 characters.
+    entity_id: Option<String>,
+    /// Also return the number of unknown features and each feature's contribution.
+    explain: Option<bool>,
+}
+
+/// One instance of a batch.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct Instance {
+    #[schema(value_type = HashMap<String, f64>)]
+    features: Features,
+    entity_id: Option<String>,
+}
+
+/// A batch of 1..=10,000 instances, all answered from one model version.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+pub struct PredictBatch {
+    instances: Vec<Instance>,
+    explain: Option<bool>,
+}
+
+/// The request: one instance or a batch.
+#[derive(ToSchema)]
+#[allow(dead_code)]
+#[serde(untagged)]
+pub enum PredictRequest {
+    One(PredictOne),
+    Batch(PredictBatch),
+}
+
+/// What `explain` adds to one prediction.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Explanation {
+    /// Features of the request the model has no weight for (they counted as zero).
+    pub unknown_features: usize,
+    /// Each feature's contribution `w * x'` to the margin, plus the intercept
+    /// (`__intercept__`); they sum to the margin.
+    pub contributions: HashMap<String, f64>,
+}
+
+/// The answer to one instance.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct Prediction {
+    /// The margin for a linear model, the probability for a logistic one.
+    pub prediction: f64,
+    /// The model version the prediction was made with.
+    pub version: i64,
+    /// With `explain`: features of the request the model has no weight for (they counted as
+    /// zero).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub unknown_features: Option<usize>,
+    /// With `explain`: each feature's contribution `w * x'` to the margin, plus the intercept
+    /// (`__intercept__`); they sum to the margin.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub contributions: Option<HashMap<String, f64>>,
+}
+
+/// The answer to a batch: predictions in request order, all from `version`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct BatchPrediction {
+    pub predictions: Vec<f64>,
+    pub version: i64,
+    /// With `explain`: one entry per instance.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub explanations: Option<Vec<Explanation>>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+#[serde(untagged)]
+pub enum PredictResponse {
+    One(Prediction),
+    Batch(BatchPrediction),
+}
+
+fn check_entity(entity_id: &Option<String>, field: &str) -> Result<(), ApiError> {
+    let Some(e) = entity_id else {
+        return Ok(());
+    };
+    let problem = if e.trim().is_empty() {
+        "must not be empty".to_string()
+    } else if e.chars().count() > MAX_ENTITY_ID_LEN {
+        format!("must be at most {MAX_ENTITY_ID_LEN} characters")
+    } else if e.contains('\0') {
+        "must not contain NUL characters".to_string()
+    } else {
+        return Ok(());
+    };
+    Err(ApiError::bad_request(format!("{field}: {problem}")))
+}
+
+fn explain(served: &ServedModel, features: &[(String, f64)]) -> Explanation {
+    let learner = &served.learner;
+    Explanation {
+        unknown_features: features
+            .iter()
+            .filter(|(name, _)| !learner.params.contains_key(name))
+            .count(),
+        contributions: learner.contributions(features).into_iter().collect(),
+    }
+}
+
+/// Predicts with the model's in-memory copy at one version.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/predict",
+    tag = "serving",
+    params(("model" = String, Path, description = "The model's UUID or name")),
+    request_body(content = PredictRequest, description = "One instance, or a batch of up to 10,000"),
+    responses(
+        (status = 200, description = "The prediction(s) and the version they came from", body = PredictResponse),
+        (status = 400, description = "Invalid request body", body = ErrorBody),
+        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 413, description = "Body too large", body = ErrorBody),
+        (status = 503, description = "The request took too long", body = ErrorBody),
+    )
+)]
+async fn predict(
+    State(state): State<AppState>,
+    Path(model): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Json<PredictResponse>, ApiError> {
+    let body: PredictBody = parse_json(body)?;
+    let serving = &state.serving;
+    match (body.features, body.instances) {
+        (Some(features), None) => {
+            check_entity(&body.entity_id, "entity_id")?;
+            let served = serving.cache.get(&model).await?;
+            let prediction = served.learner.predict(&features.0);
+            let explanation = body.explain.then(|| explain(&served, &features.0));
+            served.predictions.inc();
+            if let Some(entity_id) = body.entity_id {
+                serving.log.offer(LogRecord {
+                    model_id: served.model_id,
+                    entity_id,
+                    features: features.0,
+                    prediction,
+                    version: served.version,
+                });
+            }
+            let (unknown_features, contributions) = match explanation {
+                Some(e) => (Some(e.unknown_features), Some(e.contributions)),
+                None => (None, None),
+            };
+            Ok(Json(PredictResponse::One(Prediction {
+                prediction,
+                version: served.version,
+                unknown_features,
+                contributions,
+            })))
+        }
+        (None, Some(instances)) => {
+            if body.entity_id.is_some() {
+                return Err(ApiError::bad_request(
+                    "entity_id: give it per instance in a batch (instances[i].entity_id)",
+                ));
+            }
+            if instances.is_empty() {
+                return Err(ApiError::bad_request(
+                    "instances: must hold at least one instance",
+                ));
+            }
+            if instances.len() > MAX_INSTANCES {
+                return Err(ApiError::bad_request(format!(
+                    "instances: at most {MAX_INSTANCES} instances per request, got {}; split \
+                     the batch",
+                    instances.len()
+                )));
+            }
+            for (i, instance) in instances.iter().enumerate() {
+                check_entity(&instance.entity_id, &format!("instances[{i}].entity_id"))?;
+            }
+            let served = serving.cache.get(&model).await?;
+            let mut predictions = Vec::with_capacity(instances.len());
+            let mut explanations = body.explain.then(|| Vec::with_capacity(instances.len()));
+            for instance in instances {
+                let p = served.learner.predict(&instance.features.0);
+                predictions.push(p);
+                if let Some(list) = explanations.as_mut() {
+                    list.push(explain(&served, &instance.features.0));
+                }
+                if let Some(entity_id) = instance.entity_id {
+                    serving.log.offer(LogRecord {
+                        model_id: served.model_id,
+                        entity_id,
+                        features: instance.features.0,
+                        prediction: p,
+                        version: served.version,
+                    });
+                }
+            }
+            served.predictions.inc_by(predictions.len() as u64);
+            Ok(Json(PredictResponse::Batch(BatchPrediction {
+                predictions,
+                version: served.version,
+                explanations,
+            })))
+        }
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "give either features (one instance) or instances (a batch), not both",
+        )),
+        (None, None) => Err(ApiError::bad_request(
+            "features: required: give {\"features\": {...}} for one instance or \
+             {\"instances\": [{\"features\": {...}}, ...]} for a batch",
+        )),
+    }
+}

@@ -1,0 +1,379 @@
+//! Prometheus metrics: one process-wide registry of counters and histograms updated by the HTTP
+//! service, the model cache, the prediction log and the worker, plus gauges read from the
+//! database at scrape time (queue depth, oldest pending age, dead letters, model versions,
+//! prequential loss). `olps serve`/`olps up` expose them at `GET /metrics`; `olps worker
+//! --metrics-listen ADDR` serves the same document on its own listener.
+//!
+//! Names (all prefixed `olps_`):
+//! - `http_requests_total{method,route,status}`, `http_request_duration_seconds{method,route}`:
+//!   per matched route template (`route="unmatched"` for requests no route matched).
+//! - `predictions_total{model}`, `model_reloads_total{model,mode}`,
+//!   `model_reload_duration_seconds{mode}`, `serving_model_version{model}` (the version the
+//!   in-memory cache answers with), `serving_listener_reconnects_total`,
+//!   `serving_version_checks_total`.
+//! - `feedback_events_accepted_total{model}`, `feedback_requests_rejected_total{code}`.
+//! - `prediction_log_written_total`, `prediction_log_dropped_total{reason}` (`queue_full`,
+//!   `write_failed`), `prediction_log_pending` (rows waiting in the writer's buffer).
+//! - worker: `worker_batches_total{model}`, `worker_events_applied_total{model}`,
+//!   `worker_dead_letters_total{model}`, `worker_loss_sum_total{model}` (prequential loss
+//!   summed; divide its rate by the rate of events for a windowed mean).
+//! - at scrape time, from the database: `queue_depth{model}`,
+//!   `queue_oldest_pending_age_seconds{model}`, `queue_dead_letters{model}`,
+//!   `model_version{model}`, `model_prequential_loss{model}` (mean loss of the latest learned
+//!   version).
+//!
+//! The `model` label is the model's name (its UUID for queue rows of an unknown model).
+
+use std::net::SocketAddr;
+use std::sync::OnceLock;
+
+use axum::extract::State;
+use axum::http::header::CONTENT_TYPE;
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use prometheus::{
+    CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
+    IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
+};
+use sqlx::{PgPool, Row};
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+/// Latency buckets, in seconds: from 50 µs (an in-memory prediction) to 10 s.
+const LATENCY_BUCKETS: &[f64] = &[
+    0.00005, 0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0,
+    2.5, 5.0, 10.0,
+];
+
+/// The process-wide metrics. Obtain with [`global`].
+pub struct Metrics {
+    pub registry: Registry,
+    pub http_requests: IntCounterVec,
+    pub http_duration: HistogramVec,
+    pub predictions: IntCounterVec,
+    pub model_reloads: IntCounterVec,
+    pub model_reload_duration: HistogramVec,
+    pub serving_version: IntGaugeVec,
+    pub listener_reconnects: IntCounter,
+    pub version_checks: IntCounter,
+    pub feedback_accepted: IntCounterVec,
+    pub feedback_rejected: IntCounterVec,
+    pub log_written: IntCounter,
+    pub log_dropped: IntCounterVec,
+    pub log_pending: IntGauge,
+    pub worker_batches: IntCounterVec,
+    pub worker_events: IntCounterVec,
+    pub worker_dead: IntCounterVec,
+    pub worker_loss_sum: CounterVec,
+}
+
+fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
+    let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn counter(registry: &Registry, name: &str, help: &str) -> IntCounter {
+    let c = IntCounter::new(name, help).expect("valid metric");
+    registry
+        .register(Box::new(c.clone()))
+        .expect("unique metric");
+    c
+}
+
+fn histogram_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> HistogramVec {
+    let opts = HistogramOpts::new(name, help).buckets(LATENCY_BUCKETS.to_vec());
+    let h = HistogramVec::new(opts, labels).expect("valid metric");
+    registry
+        .register(Box::new(h.clone()))
+        .expect("unique metric");
+    h
+}
+
+impl Metrics {
+    fn new() -> Metrics {
+        let metrics = Metrics::register();
+        // Series that should read 0 rather than be absent before the first event.
+        for reason in ["queue_full", "write_failed"] {
+            metrics.log_dropped.with_label_values(&[reason]);
+        }
+        metrics
+    }
+
+    fn register() -> Metrics {
+        let r = Registry::new();
+        let serving_version = IntGaugeVec::new(
+            Opts::new(
+                "olps_serving_model_version",
+                "Model version the service's in-memory cache answers predictions with",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(serving_version.clone()))
+            .expect("unique metric");
+        let log_pending = IntGauge::new(
+            "olps_prediction_log_pending",
+            "Logged predictions waiting in the writer's buffer",
+        )
+        .expect("valid metric");
+        r.register(Box::new(log_pending.clone()))
+            .expect("unique metric");
+        let worker_loss_sum = CounterVec::new(
+            Opts::new(
+                "olps_worker_loss_sum_total",
+                "Sum of the prequential loss of the events applied by this process's worker",
+            ),
+            &["model"],
+        )
+        .expect("valid metric");
+        r.register(Box::new(worker_loss_sum.clone()))
+            .expect("unique metric");
+        Metrics {
+            http_requests: counter_vec(
+                &r,
+                "olps_http_requests_total",
+                "HTTP requests by method, matched route template and status",
+                &["method", "route", "status"],
+            ),
+            http_duration: histogram_vec(
+                &r,
+                "olps_http_request_duration_seconds",
+                "Server time per HTTP request (until the response head), by matched route",
+                &["method", "route"],
+            ),
+            predictions: counter_vec(
+                &r,
+                "olps_predictions_total",
+                "Predictions answered (a batch counts each instance)",
+                &["model"],
+            ),
+            model_reloads: counter_vec(
+                &r,
+                "olps_model_reloads_total",
+                "Model versions loaded into the serving cache, by mode (full or incremental)",
+                &["model", "mode"],
+            ),
+            model_reload_duration: histogram_vec(
+                &r,
+                "olps_model_reload_duration_seconds",
+                "Time to load a model version into the serving cache",
+                &["mode"],
+            ),
+            serving_version,
+            listener_reconnects: counter(
+                &r,
+                "olps_serving_listener_reconnects_total",
+                "Times the serving cache's notification connection was re-established",
+            ),
+            version_checks: counter(
+                &r,
+                "olps_serving_version_checks_total",
+                "Periodic version checks of the serving cache (the fallback for lost notifications)",
+            ),
+            feedback_accepted: counter_vec(
+                &r,
+                "olps_feedback_events_accepted_total",
+                "Feedback events accepted over HTTP",
+                &["model"],
+            ),
+            feedback_rejected: counter_vec(
+                &r,
+                "olps_feedback_requests_rejected_total",
+                "Feedback requests rejected over HTTP, by error code",
+                &["code"],
+            ),
+            log_written: counter(
+                &r,
+                "olps_prediction_log_written_total",
+                "Predictions written to prediction_log",
+            ),
+            log_dropped: counter_vec(
+                &r,
+                "olps_prediction_log_dropped_total",
+                "Predictions that could not be logged: queue_full (buffer full, the answer was \
+                 still returned) or write_failed (the database refused the batch)",
+                &["reason"],
+            ),
+            log_pending,
+            worker_batches: counter_vec(
+                &r,
+                "olps_worker_batches_total",
+                "Model batches applied (each one new version) by this process's worker",
+                &["model"],
+            ),
+            worker_events: counter_vec(
+                &r,
+                "olps_worker_events_applied_total",
+                "Feedback events applied by this process's worker",
+                &["model"],
+            ),
+            worker_dead: counter_vec(
+                &r,
+                "olps_worker_dead_letters_total",
+                "Feedback events dead-lettered by this process's worker",
+                &["model"],
+            ),
+            worker_loss_sum,
+            registry: r,
+        }
+    }
+}
+
+/// The process-wide metrics.
+pub fn global() -> &'static Metrics {
+    static METRICS: OnceLock<Metrics> = OnceLock::new();
+    METRICS.get_or_init(Metrics::new)
+}
+
+/// Records a model batch applied by a worker.
+pub fn worker_batch(model: &str, events: usize, dead: usize, loss_sum: f64) {
+    let m = global();
+    m.worker_batches.with_label_values(&[model]).inc();
+    m.worker_events
+        .with_label_values(&[model])
+        .inc_by(events as u64);
+    if dead > 0 {
+        m.worker_dead
+            .with_label_values(&[model])
+            .inc_by(dead as u64);
+    }
+    if loss_sum.is_finite() && loss_sum >= 0.0 {
+        m.worker_loss_sum
+            .with_label_values(&[model])
+            .inc_by(loss_sum);
+    }
+}
+
+/// Records events dead-lettered by a worker outside an applied batch.
+pub fn worker_dead(model: &str, dead: u64) {
+    if dead > 0 {
+        global()
+            .worker_dead
+            .with_label_values(&[model])
+            .inc_by(dead);
+    }
+}
+
+/// Gauges read from the database at scrape time, in a registry of their own.
+async fn database_gauges(pool: &PgPool) -> Result<Registry, sqlx::Error> {
+    let registry = Registry::new();
+    let gauge = |name: &str, help: &str| {
+        let g = GaugeVec::new(Opts::new(name, help), &["model"]).expect("valid metric");
+        registry
+            .register(Box::new(g.clone()))
+            .expect("unique metric");
+        g
+    };
+    let depth = gauge("olps_queue_depth", "Pending feedback queue rows");
+    let age = gauge(
+        "olps_queue_oldest_pending_age_seconds",
+        "Age of the oldest pending feedback queue row (0 when none is pending)",
+    );
+    let dead = gauge(
+        "olps_queue_dead_letters",
+        "Dead-lettered feedback queue rows (set aside with their reason)",
+    );
+    let version = gauge(
+        "olps_model_version",
+        "Current model version (models.version)",
+    );
+    let loss = gauge(
+        "olps_model_prequential_loss",
+        "Mean prequential loss of the latest learned version",
+    );
+
+    let rows = sqlx::query(
+        "SELECT coalesce(m.name, q.model_id::text), q.pending, q.dead,
+                coalesce(extract(epoch FROM now() - q.oldest)::float8, 0)
+         FROM (SELECT model_id,
+                      count(*) FILTER (WHERE status = 'pending') AS pending,
+                      count(*) FILTER (WHERE status = 'dead') AS dead,
+                      min(created_at) FILTER (WHERE status = 'pending') AS oldest
+               FROM feedback_queue GROUP BY model_id) q
+         LEFT JOIN models m ON m.model_id = q.model_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for row in &rows {
+        let model: String = row.try_get(0)?;
+        depth
+            .with_label_values(&[&model])
+            .set(row.try_get::<i64, _>(1)? as f64);
+        dead.with_label_values(&[&model])
+            .set(row.try_get::<i64, _>(2)? as f64);
+        age.with_label_values(&[&model])
+            .set(row.try_get::<f64, _>(3)?.max(0.0));
+    }
+    let rows = sqlx::query(
+        "SELECT m.name, m.version, v.loss_sum / nullif(v.examples, 0)
+         FROM models m
+         LEFT JOIN LATERAL (SELECT loss_sum, examples FROM model_versions mv
+                            WHERE mv.model_id = m.model_id AND mv.kind = 'gradient'
+                            ORDER BY mv.model_version DESC LIMIT 1) v ON TRUE",
+    )
+    .fetch_all(pool)
+    .await?;
+    for row in &rows {
+        let model: String = row.try_get(0)?;
+        version
+            .with_label_values(&[&model])
+            .set(row.try_get::<i64, _>(1)? as f64);
+        // Models without queue rows still get depth 0, so every model has a series.
+        depth.with_label_values(&[&model]);
+        dead.with_label_values(&[&model]);
+        age.with_label_values(&[&model]);
+        if let Some(l) = row.try_get::<Option<f64>, _>(2)? {
+            loss.with_label_values(&[&model]).set(l);
+        }
+    }
+    Ok(registry)
+}
+
+/// The Prometheus text document: the process's metrics plus the database gauges (left out, with
+/// a warning, when the database cannot be read).
+pub async fn render(pool: &PgPool) -> String {
+    let mut families = global().registry.gather();
+    match database_gauges(pool).await {
+        Ok(registry) => families.extend(registry.gather()),
+        Err(e) => tracing::warn!(error = %e, "metrics: database gauges unavailable"),
+    }
+    families.sort_by(|a, b| a.name().cmp(b.name()));
+    let mut buffer = Vec::new();
+    TextEncoder::new()
+        .encode(&families, &mut buffer)
+        .expect("text encoding of metrics");
+    String::from_utf8(buffer).expect("metrics text is UTF-8")
+}
+
+/// The response of `GET /metrics`.
+pub async fn response(pool: &PgPool) -> Response {
+    (
+        [(CONTENT_TYPE, prometheus::TEXT_FORMAT)],
+        render(pool).await,
+    )
+        .into_response()
+}
+
+/// Serves `GET /metrics` alone (for `olps worker --metrics-listen ADDR`) until `shutdown`.
+pub async fn serve(
+    listener: TcpListener,
+    pool: PgPool,
+    shutdown: CancellationToken,
+) -> std::io::Result<()> {
+    async fn metrics(State(pool): State<PgPool>) -> Response {
+        response(&pool).await
+    }
+    let app = Router::new()
+        .route("/metrics", get(metrics))
+        .with_state(pool);
+    axum::serve(
+        listener,
+        app.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await
+}
