@@ -393,3 +393,52 @@ async fn guard_rolls_back_and_quarantines_a_poisoned_model_and_resume_loses_noth
     assert_eq!(queue, 0);
     assert_linear_history(&db.pool, id).await;
 }
+
+#[tokio::test]
+async fn metrics_endpoint_serves_the_loss_series_and_drift_events() {
+    let app = spawn_app().await;
+    let model = create_model(
+        app.pool(),
+        "seed",
+        ModelKind::Linear,
+        LearnerConfig::default(),
+    )
+    .await;
+    insert_stream(app.pool(), model.model_id, &seed_stream()).await;
+    drain(app.pool(), 100).await;
+    let (status, body) = app.get("/v1/models/seed/metrics?window=500").await;
+    assert_eq!(status, 200, "{body}");
+    let points = body["loss"].as_array().unwrap();
+    assert_eq!(points.len(), 4, "2,000 examples in windows of 500: {body}");
+    let examples: i64 = points.iter().map(|p| p["examples"].as_i64().unwrap()).sum();
+    assert_eq!(examples, 2_000);
+    // The drift at row 1000 shows in the series and in the events.
+    let loss = |i: usize| points[i]["mean_loss"].as_f64().unwrap();
+    assert!(loss(2) > 10.0 * loss(1), "{body}");
+    let drifts = body["drift_events"].as_array().unwrap();
+    assert!(!drifts.is_empty());
+    assert!(drifts
+        .iter()
+        .all(|d| d["at_example"].as_i64().unwrap() >= 1_000));
+    let (status, body) = app
+        .get("/v1/models/seed/metrics?from_version=11&to_version=12&window=1")
+        .await;
+    assert_eq!(status, 200);
+    assert_eq!(body["loss"].as_array().unwrap().len(), 2);
+    for bad in [
+        "window=0",
+        "from_version=5&to_version=2",
+        "window=abc",
+        "colour=red",
+    ] {
+        let (status, body) = app.get(&format!("/v1/models/seed/metrics?{bad}")).await;
+        assert_eq!(status, 400, "{bad}: {body}");
+        assert!(body["error"]["message"].is_string());
+    }
+    let (status, _) = app.get("/v1/models/nope/metrics").await;
+    assert_eq!(status, 404);
+    let (status, body) = app
+        .post("/v1/models/seed/resume", &serde_json::json!({}))
+        .await;
+    assert_eq!((status, body["resumed"].as_bool()), (200, Some(false)));
+}

@@ -2,23 +2,54 @@
 //! POST /v1/models/{m}/resume (lift a quarantine).
 
 use axum::extract::{Path, Query, State};
-use axum::routing::{get, post};
-use axum::{Json, Router};
-use serde::Deserialize;
+use axum::Json;
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
+use utoipa::{IntoParams, ToSchema};
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::ErrorBody;
 use super::{ApiError, AppState};
 use crate::models;
 use crate::monitor;
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route("/v1/models/{model}/metrics", get(model_metrics))
-        .route("/v1/models/{model}/resume", post(resume))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(model_metrics))
+        .routes(routes!(resume))
 }
 
-#[derive(Debug, Deserialize)]
+/// The answer of GET /v1/models/{m}/metrics.
+#[derive(Serialize, ToSchema)]
+pub struct ModelMetricsDoc {
+    model_id: uuid::Uuid,
+    version: i64,
+    /// `active` or `quarantined`.
+    status: String,
+    status_reason: Option<String>,
+    examples_seen: i64,
+    window: i64,
+    /// Points of consecutive learned versions, about `window` examples each:
+    /// {from_version, to_version, examples, mean_loss, accuracy (logistic), until}.
+    loss: Vec<serde_json::Value>,
+    /// {model_version, detector, statistic, threshold, at_example, adaptation, lr_multiplier,
+    /// detected_at}.
+    drift_events: Vec<serde_json::Value>,
+}
+
+/// The answer of POST /v1/models/{m}/resume.
+#[derive(Serialize, ToSchema)]
+pub struct ResumeDoc {
+    model_id: uuid::Uuid,
+    /// False when the model was not quarantined.
+    resumed: bool,
+    status: String,
+}
+
+#[derive(Debug, Deserialize, IntoParams)]
 #[serde(deny_unknown_fields)]
+#[into_params(parameter_in = Query)]
 pub struct MetricsQuery {
     /// First version of the range (default 1).
     pub from_version: Option<i64>,
@@ -28,6 +59,19 @@ pub struct MetricsQuery {
     pub window: Option<i64>,
 }
 
+/// The prequential loss series (each example's loss before it was learned) over a version range,
+/// the drift events in it, and the model's status.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}/metrics",
+    tag = "monitoring",
+    params(("model" = String, Path, description = "The model's UUID or name"), MetricsQuery),
+    responses(
+        (status = 200, description = "Loss series and drift events", body = ModelMetricsDoc),
+        (status = 400, description = "Bad range or window", body = ErrorBody),
+        (status = 404, description = "No such model", body = ErrorBody),
+    )
+)]
 async fn model_metrics(
     State(state): State<AppState>,
     Path(model): Path<String>,
@@ -62,6 +106,17 @@ async fn model_metrics(
     })))
 }
 
+/// Lets a model quarantined by the guard learn again; its pending feedback is then applied.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/resume",
+    tag = "monitoring",
+    params(("model" = String, Path, description = "The model's UUID or name")),
+    responses(
+        (status = 200, description = "Resumed (or was not quarantined)", body = ResumeDoc),
+        (status = 404, description = "No such model", body = ErrorBody),
+    )
+)]
 async fn resume(
     State(state): State<AppState>,
     Path(model): Path<String>,
