@@ -1310,3 +1310,42 @@ async fn answers_match_their_documented_shapes() {
     )
     .is_ok());
 }
+
+#[tokio::test]
+async fn deleted_models_stop_being_served_and_their_name_can_be_reused() {
+    let db = TestDb::new().await;
+    let old = create_model(
+        &db.pool,
+        "reused",
+        ModelKind::Linear,
+        LearnerConfig::default(),
+    )
+    .await;
+    insert_stream(&db.pool, old.model_id, &seed_stream()[..100]).await;
+    drain(&db.pool, 100).await;
+    let service = Service::start(&db.pool, fast_checks()).await;
+    assert_eq!(served_version(&service, "reused").await, 1);
+    olps::models::delete(&db.pool, old.model_id).await.unwrap();
+    eventually(10, "the deleted model to be dropped", || async {
+        let (status, _) = service
+            .post("/v1/models/reused/predict", &json!({"features": {}}))
+            .await;
+        (status == 404).then_some(())
+    })
+    .await;
+    let (status, _) = service
+        .post(
+            &format!("/v1/models/{}/predict", old.model_id),
+            &json!({"features": {}}),
+        )
+        .await;
+    assert_eq!(status, 404);
+    create_model(
+        &db.pool,
+        "reused",
+        ModelKind::Linear,
+        LearnerConfig::default(),
+    )
+    .await;
+    assert_eq!(served_version(&service, "reused").await, 0);
+}

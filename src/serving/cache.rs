@@ -176,6 +176,21 @@ impl ModelCache {
         Ok(self.install(loaded, "full"))
     }
 
+    /// Forgets a model (deleted from the database).
+    pub fn evict(&self, model_id: Uuid) {
+        if let Some(slot) = self.slots.write().expect("cache lock").remove(&model_id) {
+            let name = slot.current.load().name.clone();
+            tracing::info!(%model_id, name, "serving: model deleted; no longer served");
+            let _ = metrics::global()
+                .serving_version
+                .remove_label_values(&[&name]);
+        }
+        self.names
+            .write()
+            .expect("cache lock")
+            .retain(|_, id| *id != model_id);
+    }
+
     /// Puts a freshly loaded copy in place unless the slot already holds a newer version.
     /// Returns what the slot holds afterwards.
     fn install(&self, loaded: ServedModel, mode: &str) -> Arc<ServedModel> {
@@ -304,6 +319,10 @@ impl ModelCache {
             loop {
                 let outcome = cache.refresh(model_id).await;
                 slot.refreshing.store(false, Ordering::Release);
+                if let Err(ModelError::NotFound(_)) = outcome {
+                    cache.evict(model_id);
+                    return;
+                }
                 if let Err(e) = outcome {
                     // The periodic version check retries.
                     tracing::warn!(%model_id, error = %e, "model refresh failed");
@@ -330,13 +349,18 @@ impl ModelCache {
                 .bind(&ids)
                 .fetch_all(&self.pool)
                 .await?;
-        let cached: HashMap<Uuid, i64> = cached.into_iter().collect();
+        let mut cached: HashMap<Uuid, i64> = cached.into_iter().collect();
         let mut behind = 0;
         for (model_id, version) in rows {
-            if cached.get(&model_id).is_some_and(|v| *v < version) {
+            if cached.remove(&model_id).is_some_and(|v| v < version) {
                 behind += 1;
                 self.request_refresh(model_id, version);
             }
+        }
+        // What is left was deleted: stop serving it (and forget its name, which a new model
+        // may take).
+        for model_id in cached.keys() {
+            self.evict(*model_id);
         }
         metrics::global().version_checks.inc();
         Ok(behind)
