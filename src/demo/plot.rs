@@ -31,6 +31,7 @@ pub fn learning_curve(
     chart
         .configure_mesh()
         .x_desc("model version")
+        .x_label_formatter(&|x| format!("{x:.0}"))
         .y_desc("rolling prequential accuracy")
         .draw()?;
     chart
