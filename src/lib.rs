@@ -3,6 +3,7 @@
 //! Layout: `schema` (migrations), `db` and `embedded` (which database), `learner` (pure online
 //! learning, no I/O), `models` and `feedback` (tables and validation), `http` (the API), `cli`.
 
+pub mod bench;
 pub mod cli;
 pub mod db;
 pub mod embedded;

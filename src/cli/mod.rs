@@ -58,6 +58,8 @@ pub enum Command {
     Params(ParamsArgs),
     /// A model's update history, newest first; `history prune` deletes old history.
     History(HistoryArgs),
+    /// Benchmarks, each figure next to a bare-PostgreSQL baseline measured in the same run.
+    Bench(crate::bench::BenchArgs),
 }
 
 #[derive(Debug, Args)]
@@ -222,10 +224,11 @@ impl CreateModelArgs {
 pub async fn main() -> ExitCode {
     let cli = Cli::parse();
     // The demo has a progress bar and a report of its own: only errors in between.
-    init_tracing(if matches!(cli.command, Command::Demo(_)) {
-        "error"
-    } else {
-        "warn,olps=info"
+    init_tracing(match cli.command {
+        Command::Demo(_) => "error",
+        // The benchmarks print progress of their own; per-batch logs would drown it.
+        Command::Bench(_) => "error",
+        _ => "warn,olps=info",
     });
     match run(cli).await {
         Ok(()) => ExitCode::SUCCESS,
@@ -342,6 +345,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Rollback(args) => versions::run_rollback(args).await,
         Command::Params(args) => versions::run_params(args).await,
         Command::History(args) => versions::run_history(args).await,
+        Command::Bench(args) => crate::bench::run(args).await.map(|_| ()),
     }
 }
 

@@ -40,11 +40,23 @@ pub async fn models_with_work(
 
 /// Claims up to `limit` pending rows of one model in queue order (priority, then time, then
 /// insertion order), locking them for the caller's transaction.
+///
+/// It also makes the rest of the caller's transaction plan its statements generically
+/// (`SET LOCAL plan_cache_mode = force_generic_plan`). A model that the table statistics do not
+/// know yet (new since the last ANALYZE, e.g. its first burst of feedback) is estimated at one
+/// row, and custom plans for that estimate scan all of the model's queue rows or events once per
+/// claimed row: 0.65 s for a 1,000-row claim over 5,000 events, growing quadratically, and the
+/// same in the acknowledgement. Generic plans estimate `model_id = $1` from the column's
+/// distinct count instead and keep the primary-key lookups (2.7 ms for the same claim), and
+/// they are planned once per connection instead of at every batch.
 pub async fn claim(
     conn: &mut PgConnection,
     model_id: Uuid,
     limit: i64,
 ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
+    sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+        .execute(&mut *conn)
+        .await?;
     let rows = sqlx::query(
         "SELECT q.id, q.feedback_id, e.entity_id, e.feedback_value, e.confidence,
                 e.metadata -> 'features' AS features,
@@ -130,13 +142,30 @@ pub async fn dead_letter(
 
 /// Dead-letters pending rows whose model does not exist (plain-SQL inserts are not checked
 /// against `models`, so they can name any UUID).
+///
+/// It runs before every pass, so it must not read every pending row: the distinct models with
+/// pending rows are found with one probe of the claim index per model (a recursive "loose index
+/// scan"), and only the rows of unknown models are touched. (Checking every pending row took
+/// 0.1 s per pass at 1M pending rows, once per batch.)
 pub async fn dead_letter_unknown_models(db: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
     let done = sqlx::query(
-        "UPDATE feedback_queue q
+        "WITH RECURSIVE pending AS (
+             (SELECT model_id FROM feedback_queue WHERE status = 'pending'
+              ORDER BY model_id LIMIT 1)
+             UNION ALL
+             SELECT (SELECT q.model_id FROM feedback_queue q
+                     WHERE q.status = 'pending' AND q.model_id > p.model_id
+                     ORDER BY q.model_id LIMIT 1)
+             FROM pending p WHERE p.model_id IS NOT NULL
+         )
+         UPDATE feedback_queue q
          SET status = 'dead', dead_at = now(),
              dead_reason = 'unknown model ' || q.model_id || ': no such model_id in models'
          WHERE q.status = 'pending'
-           AND NOT EXISTS (SELECT 1 FROM models m WHERE m.model_id = q.model_id)",
+           AND q.model_id = ANY(ARRAY(
+               SELECT p.model_id FROM pending p
+               WHERE p.model_id IS NOT NULL
+                 AND NOT EXISTS (SELECT 1 FROM models m WHERE m.model_id = p.model_id)))",
     )
     .execute(db)
     .await?;

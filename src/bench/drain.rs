@@ -1,0 +1,808 @@
+//! `drain`: events per second turned into committed parameter updates with full history.
+//!
+//! - olps: in-process [`Worker`]s (each with its own pool, as separate processes would have),
+//!   restricted to the case's models, over a preloaded queue.
+//! - Baseline: a bare set-based SQL drain doing the same claim, parameter upsert, history insert,
+//!   acknowledgement and version bump per batch with no learning ([`BARE_BATCH_SQL`]).
+//! - The naive design of the source document: one transaction per feedback event, one SELECT and
+//!   one UPDATE per parameter and one INSERT per history row.
+//! - Memory: `olps serve` (ingesting the stream over HTTP) and `olps worker --until-empty`
+//!   (draining it) as child processes, their peak resident memory (VmHWM) at each stream size.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context};
+use sqlx::postgres::PgListener;
+use sqlx::{PgPool, Row};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
+
+use super::data::{self, DrainCheck, Stream};
+use super::sys::Child;
+use super::{client, Ctx, Figure, Report};
+use crate::worker::{Worker, WorkerConfig};
+
+/// Targets (Deliver).
+pub const TARGET_RATIO: f64 = 0.8;
+pub const TARGET_NAIVE_SPEEDUP: f64 = 100.0;
+pub const TARGET_EVENTS_PER_SEC: f64 = 10_000.0;
+
+/// No progress for this long fails a case.
+const STALL: Duration = Duration::from_secs(180);
+
+/// One batch of the bare-SQL baseline, run after `SELECT ... FROM models ... FOR UPDATE` in the
+/// same transaction: claim up to $2 pending rows of model $1 in queue order, sum a dummy gradient
+/// per touched parameter (server-side, no learning), upsert the parameters, append one history
+/// row per parameter (its net change in the version), delete the queue rows, mark the events
+/// processed, bump the version, record it and notify. Returns the number of claimed rows.
+pub const BARE_BATCH_SQL: &str = "
+WITH claimed AS (
+    SELECT q.id, q.feedback_id, e.feedback_value AS label, e.metadata -> 'features' AS features
+    FROM feedback_queue q
+    JOIN feedback_events e ON e.model_id = q.model_id AND e.id = q.feedback_id
+    WHERE q.model_id = $1 AND q.status = 'pending'
+    ORDER BY q.priority DESC, q.created_at, q.seq
+    LIMIT $2
+    FOR UPDATE OF q SKIP LOCKED
+), m AS (
+    SELECT version + 1 AS v FROM models WHERE model_id = $1
+), grads AS (
+    SELECT f.key AS parameter_id, sum(f.value::float8 * (c.label - 0.5)) AS g, count(*) AS n
+    FROM claimed c, jsonb_each_text(c.features) f
+    GROUP BY f.key
+    UNION ALL
+    SELECT '__intercept__', sum(c.label - 0.5), count(*) FROM claimed c HAVING count(*) > 0
+), cur AS (
+    SELECT g.parameter_id, p.current_value AS old_value,
+           coalesce(p.current_value, 0) + 0.001 * g.g AS new_value,
+           coalesce(p.update_count, 0) + g.n AS cnt
+    FROM grads g
+    LEFT JOIN model_parameters p ON p.model_id = $1 AND p.parameter_id = g.parameter_id
+), upserted AS (
+    INSERT INTO model_parameters AS p
+        (model_id, parameter_id, current_value, update_count, version, last_updated)
+    SELECT $1, parameter_id, new_value, cnt, (SELECT v FROM m), now() FROM cur
+    ORDER BY parameter_id
+    ON CONFLICT (model_id, parameter_id) DO UPDATE SET
+        current_value = EXCLUDED.current_value, update_count = EXCLUDED.update_count,
+        version = EXCLUDED.version, last_updated = EXCLUDED.last_updated
+), history AS (
+    INSERT INTO parameter_updates
+        (model_id, model_version, parameter_id, old_value, new_value, update_count,
+         update_type, learning_rate, source)
+    SELECT $1, (SELECT v FROM m), parameter_id, old_value, new_value, cnt,
+           'gradient', 0.001, 'bench-bare-sql'
+    FROM cur ORDER BY parameter_id
+), acked AS (
+    DELETE FROM feedback_queue q USING claimed c
+    WHERE q.model_id = $1 AND q.id = c.id
+    RETURNING q.feedback_id
+), marked AS (
+    UPDATE feedback_events e SET processed = TRUE, applied_version = (SELECT v FROM m)
+    FROM acked a WHERE e.model_id = $1 AND e.id = a.feedback_id
+), bumped AS (
+    UPDATE models SET version = version + 1,
+        examples_seen = examples_seen + (SELECT count(*) FROM claimed), updated_at = now()
+    WHERE model_id = $1 AND EXISTS (SELECT 1 FROM claimed)
+    RETURNING version
+), recorded AS (
+    INSERT INTO model_versions
+        (model_id, model_version, kind, examples, parameters_changed, examples_seen, source)
+    SELECT $1, b.version, 'gradient', (SELECT count(*) FROM claimed)::int4,
+           (SELECT count(*) FROM cur)::int4, 0, 'bench-bare-sql'
+    FROM bumped b
+), notified AS (
+    SELECT pg_notify('olps_model_version',
+                     json_build_object('model_id', $1, 'version', b.version)::text)
+    FROM bumped b
+)
+SELECT (SELECT count(*) FROM claimed)::int8 AS claimed, (SELECT count(*) FROM notified)::int8";
+
+/// One bare-SQL batch of one model in its own transaction. None: the model is locked by another
+/// connection; Some(n): n rows were applied (0: nothing pending).
+pub async fn bare_batch(
+    conn: &mut sqlx::PgConnection,
+    model: Uuid,
+    batch: i64,
+) -> anyhow::Result<Option<i64>> {
+    let mut tx = sqlx::Connection::begin(conn).await?;
+    let locked: Option<i64> =
+        sqlx::query_scalar("SELECT version FROM models WHERE model_id = $1 FOR UPDATE SKIP LOCKED")
+            .bind(model)
+            .fetch_optional(&mut *tx)
+            .await?;
+    if locked.is_none() {
+        tx.rollback().await?;
+        return Ok(None);
+    }
+    // Plan-stable like the worker (see `worker::queue::claim`).
+    sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
+        .execute(&mut *tx)
+        .await?;
+    let row = sqlx::query(BARE_BATCH_SQL)
+        .bind(model)
+        .bind(batch)
+        .fetch_one(&mut *tx)
+        .await?;
+    let claimed: i64 = row.try_get(0)?;
+    if claimed == 0 {
+        tx.rollback().await?;
+    } else {
+        tx.commit().await?;
+    }
+    Ok(Some(claimed))
+}
+
+/// Bare-SQL drain on one connection: round-robin over the models (starting at `offset`) until
+/// none has pending rows or `cancel` fires.
+pub async fn bare_drain(
+    pool: PgPool,
+    models: Vec<Uuid>,
+    batch: i64,
+    offset: usize,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    loop {
+        let (mut progressed, mut skipped) = (false, false);
+        for k in 0..models.len() {
+            if cancel.is_cancelled() {
+                return Ok(());
+            }
+            match bare_batch(&mut conn, models[(k + offset) % models.len()], batch).await? {
+                None => skipped = true,
+                Some(n) => progressed |= n > 0,
+            }
+        }
+        if !progressed && !skipped {
+            return Ok(());
+        }
+        if !progressed {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    }
+}
+
+/// Bare-SQL drain that waits for work like the worker does (LISTEN olps_feedback, or a 250 ms
+/// poll) until cancelled: the freshness baseline.
+pub async fn bare_drain_listening(
+    pool: PgPool,
+    models: Vec<Uuid>,
+    batch: i64,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut listener = PgListener::connect_with(&pool).await?;
+    listener.listen(crate::worker::FEEDBACK_CHANNEL).await?;
+    while !cancel.is_cancelled() {
+        bare_drain(pool.clone(), models.clone(), batch, 0, cancel.clone()).await?;
+        tokio::select! {
+            _ = cancel.cancelled() => break,
+            _ = tokio::time::sleep(Duration::from_millis(250)) => {},
+            n = listener.recv() => { n?; }
+        }
+    }
+    Ok(())
+}
+
+/// What one drain case measured.
+#[derive(Debug, Clone)]
+pub struct CaseResult {
+    pub events: u64,
+    pub secs: f64,
+    pub check: DrainCheck,
+}
+
+impl CaseResult {
+    pub fn rate(&self) -> f64 {
+        self.events as f64 / self.secs
+    }
+
+    fn details(&self, figure: Figure) -> Figure {
+        let c = &self.check;
+        figure
+            .detail("events", self.events)
+            .detail("seconds", self.secs)
+            .detail("applied", c.processed)
+            .detail("queue_left", c.queue_left)
+            .detail("versions", c.versions)
+            .detail("history_rows", c.history_rows)
+            .detail(
+                "history_rows_per_event",
+                c.history_rows as f64 / self.events.max(1) as f64,
+            )
+            .detail(
+                "events_per_version",
+                self.events as f64 / c.versions.max(1) as f64,
+            )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Drainer {
+    Olps,
+    BareSql,
+}
+
+/// Creates `models` models, preloads `n` events (untimed), drains them with `workers` olps
+/// workers or bare-SQL connections, checks every event was applied, deletes the models.
+pub async fn case(
+    ctx: &Ctx,
+    drainer: Drainer,
+    workers: usize,
+    models: usize,
+    n: u64,
+) -> anyhow::Result<CaseResult> {
+    let label = match drainer {
+        Drainer::Olps => "drain-olps",
+        Drainer::BareSql => "drain-bare",
+    };
+    let created = ctx.create_models(label, models).await?;
+    let ids: Vec<Uuid> = created.iter().map(|m| m.model_id).collect();
+    let result = case_on(ctx, drainer, workers, &ids, n).await;
+    ctx.cleanup(&ids).await?;
+    result
+}
+
+async fn case_on(
+    ctx: &Ctx,
+    drainer: Drainer,
+    workers: usize,
+    ids: &[Uuid],
+    n: u64,
+) -> anyhow::Result<CaseResult> {
+    let what = format!(
+        "{} drain, {workers} worker(s), {} model(s)",
+        match drainer {
+            Drainer::Olps => "olps",
+            Drainer::BareSql => "bare-SQL",
+        },
+        ids.len()
+    );
+    let stream = Stream::new(ctx.args.features, ctx.args.feature_pool, 7);
+    {
+        let loaded = Arc::new(AtomicU64::new(0));
+        let _progress = ctx.progress(&format!("loading {what}"), n, loaded.clone());
+        data::load(&ctx.pool, ids, &stream, 0, n, Some(loaded)).await?;
+    }
+    // No ANALYZE here: a burst of a new model's feedback meets statistics that do not know it,
+    // as in production.
+    let batch = ctx.args.batch_size;
+    let pools = {
+        let mut pools = Vec::with_capacity(workers);
+        for _ in 0..workers {
+            pools.push(crate::db::connect(&ctx.url, 4).await?);
+        }
+        pools
+    };
+    let done = Arc::new(AtomicU64::new(0));
+    let _progress = ctx.progress(&what, n, done.clone());
+    let cancel = CancellationToken::new();
+    let mut set: JoinSet<anyhow::Result<()>> = JoinSet::new();
+    let started = Instant::now();
+    for (k, pool) in pools.iter().enumerate() {
+        let (pool, ids, cancel) = (pool.clone(), ids.to_vec(), cancel.clone());
+        match drainer {
+            Drainer::Olps => {
+                set.spawn(async move {
+                    let config = WorkerConfig {
+                        models: ids,
+                        batch_size: batch,
+                        ..WorkerConfig::default()
+                    };
+                    Worker::new(pool, config).run(cancel).await?;
+                    Ok(())
+                });
+            }
+            Drainer::BareSql => {
+                set.spawn(async move {
+                    bare_drain(pool, ids, batch, k, cancel.clone()).await?;
+                    // Stay alive until the case ends, like a worker would.
+                    cancel.cancelled().await;
+                    Ok(())
+                });
+            }
+        }
+    }
+    let wait = data::wait_applied(&ctx.pool, ids, n, &done, STALL);
+    tokio::pin!(wait);
+    let finished = loop {
+        tokio::select! {
+            at = &mut wait => break at?,
+            joined = set.join_next() => match joined {
+                Some(Ok(Err(e))) => {
+                    cancel.cancel();
+                    return Err(e.context(format!("{what} failed")));
+                }
+                Some(Err(e)) => {
+                    cancel.cancel();
+                    bail!("{what}: a drain task panicked: {e}");
+                }
+                Some(Ok(Ok(()))) | None => {}
+            }
+        }
+    };
+    let secs = (finished - started).as_secs_f64();
+    cancel.cancel();
+    while let Some(joined) = set.join_next().await {
+        joined.context("drain task panicked")??;
+    }
+    for pool in pools {
+        pool.close().await;
+    }
+    let check = data::check(&ctx.pool, ids).await?;
+    if check.processed as u64 != n || check.queue_left != 0 {
+        bail!(
+            "{what}: {} of {n} events processed, {} queue rows left",
+            check.processed,
+            check.queue_left
+        );
+    }
+    let result = CaseResult {
+        events: n,
+        secs,
+        check,
+    };
+    ctx.say(&format!(
+        "{what}: {:.0} events/s ({} versions, {:.2} history rows/event)",
+        result.rate(),
+        result.check.versions,
+        result.check.history_rows as f64 / n as f64
+    ));
+    Ok(result)
+}
+
+/// The naive design: one transaction per event; per parameter one SELECT of its value, one
+/// UPDATE (an INSERT when it does not exist yet: the documented UPDATE alone would skip it) and
+/// one INSERT of its history row; SGD on the logistic loss computed client-side.
+pub async fn naive_drain(pool: &PgPool, model: Uuid, done: &AtomicU64) -> anyhow::Result<()> {
+    const LR: f64 = 0.02;
+    let mut conn = pool.acquire().await?;
+    loop {
+        let mut tx = sqlx::Connection::begin(&mut *conn).await?;
+        let version: i64 =
+            sqlx::query_scalar("SELECT version FROM models WHERE model_id = $1 FOR UPDATE")
+                .bind(model)
+                .fetch_one(&mut *tx)
+                .await?;
+        let Some(row) = sqlx::query(
+            "SELECT q.id, q.feedback_id, e.feedback_value, e.metadata -> 'features'
+             FROM feedback_queue q
+             JOIN feedback_events e ON e.model_id = q.model_id AND e.id = q.feedback_id
+             WHERE q.model_id = $1 AND q.status = 'pending'
+             ORDER BY q.priority DESC, q.created_at, q.seq
+             LIMIT 1
+             FOR UPDATE OF q SKIP LOCKED",
+        )
+        .bind(model)
+        .fetch_optional(&mut *tx)
+        .await?
+        else {
+            tx.rollback().await?;
+            return Ok(());
+        };
+        let queue_id: Uuid = row.try_get(0)?;
+        let event_id: Uuid = row.try_get(1)?;
+        let label: f64 = row.try_get(2)?;
+        let features: serde_json::Value = row.try_get(3)?;
+        let mut inputs: Vec<(String, f64)> = features
+            .as_object()
+            .context("features")?
+            .iter()
+            .map(|(k, v)| (k.clone(), v.as_f64().unwrap_or(0.0)))
+            .collect();
+        inputs.push((crate::learner::INTERCEPT.to_string(), 1.0));
+        let mut old = Vec::with_capacity(inputs.len());
+        for (name, _) in &inputs {
+            let value: Option<f64> = sqlx::query_scalar(
+                "SELECT current_value FROM model_parameters
+                 WHERE model_id = $1 AND parameter_id = $2",
+            )
+            .bind(model)
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+            old.push(value);
+        }
+        let margin: f64 = inputs
+            .iter()
+            .zip(&old)
+            .map(|((_, x), w)| w.unwrap_or(0.0) * x)
+            .sum();
+        let gradient = crate::learner::sigmoid(margin) - label;
+        let v = version + 1;
+        let new: Vec<f64> = inputs
+            .iter()
+            .zip(&old)
+            .map(|((_, x), w)| w.unwrap_or(0.0) - LR * gradient * x)
+            .collect();
+        for (((name, _), w), value) in inputs.iter().zip(&old).zip(&new) {
+            let updated = sqlx::query(
+                "UPDATE model_parameters SET current_value = $3, last_updated = now(), version = $4
+                 WHERE model_id = $1 AND parameter_id = $2",
+            )
+            .bind(model)
+            .bind(name)
+            .bind(value)
+            .bind(v)
+            .execute(&mut *tx)
+            .await?;
+            if updated.rows_affected() == 0 {
+                debug_assert!(w.is_none());
+                sqlx::query(
+                    "INSERT INTO model_parameters (model_id, parameter_id, current_value, version)
+                     VALUES ($1, $2, $3, $4)",
+                )
+                .bind(model)
+                .bind(name)
+                .bind(value)
+                .bind(v)
+                .execute(&mut *tx)
+                .await?;
+            }
+        }
+        for (((name, _), w), value) in inputs.iter().zip(&old).zip(&new) {
+            sqlx::query(
+                "INSERT INTO parameter_updates (id, model_id, parameter_id, old_value, new_value,
+                     update_type, learning_rate, timestamp, source, metadata, model_version)
+                 VALUES ($1, $2, $3, $4, $5, 'gradient', $6, now(), 'bench-naive', '{}', $7)",
+            )
+            .bind(Uuid::new_v4())
+            .bind(model)
+            .bind(name)
+            .bind(w)
+            .bind(value)
+            .bind(LR)
+            .bind(v)
+            .execute(&mut *tx)
+            .await?;
+        }
+        sqlx::query("DELETE FROM feedback_queue WHERE model_id = $1 AND id = $2")
+            .bind(model)
+            .bind(queue_id)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query(
+            "UPDATE feedback_events SET processed = TRUE, applied_version = $3
+             WHERE model_id = $1 AND id = $2",
+        )
+        .bind(model)
+        .bind(event_id)
+        .bind(v)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "UPDATE models SET version = $2, examples_seen = examples_seen + 1, updated_at = now()
+             WHERE model_id = $1",
+        )
+        .bind(model)
+        .bind(v)
+        .execute(&mut *tx)
+        .await?;
+        sqlx::query(
+            "INSERT INTO model_versions (model_id, model_version, kind, examples, source)
+             VALUES ($1, $2, 'gradient', 1, 'bench-naive')",
+        )
+        .bind(model)
+        .bind(v)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        done.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
+async fn naive_case(ctx: &Ctx, n: u64) -> anyhow::Result<CaseResult> {
+    let model = ctx.create_models("drain-naive", 1).await?[0].model_id;
+    let result = async {
+        let stream = Stream::new(ctx.args.features, ctx.args.feature_pool, 7);
+        data::load(&ctx.pool, &[model], &stream, 0, n, None).await?;
+        let done = Arc::new(AtomicU64::new(0));
+        let _progress = ctx.progress("naive design", n, done.clone());
+        let started = Instant::now();
+        naive_drain(&ctx.pool, model, &done).await?;
+        let secs = started.elapsed().as_secs_f64();
+        let check = data::check(&ctx.pool, &[model]).await?;
+        if check.processed as u64 != n {
+            bail!("naive design: {} of {n} events processed", check.processed);
+        }
+        ctx.say(&format!("naive design: {:.0} events/s", n as f64 / secs));
+        Ok(CaseResult {
+            events: n,
+            secs,
+            check,
+        })
+    }
+    .await;
+    ctx.cleanup(&[model]).await?;
+    result
+}
+
+/// Memory at one stream size: `olps serve` ingests `n` events over HTTP (C connections, 1,000
+/// events a request), then `olps worker --until-empty` drains them; both as child processes.
+pub struct MemoryResult {
+    pub events: u64,
+    pub serve_peak_kib: u64,
+    pub worker_peak_kib: u64,
+    pub ingest_rate: f64,
+    pub drain_rate: f64,
+}
+
+async fn memory_case(ctx: &Ctx, n: u64) -> anyhow::Result<MemoryResult> {
+    let model = ctx.create_models("drain-memory", 1).await?[0].model_id;
+    let result = memory_case_on(ctx, model, n).await;
+    ctx.cleanup(&[model]).await?;
+    result
+}
+
+async fn memory_case_on(ctx: &Ctx, model: Uuid, n: u64) -> anyhow::Result<MemoryResult> {
+    let bin = ctx.olps_bin()?;
+    let conns = ctx.args.connections as usize;
+    let port = super::sys::free_port()?;
+    let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse()?;
+    let serve = Child::spawn(
+        &bin,
+        &[
+            "serve".into(),
+            "--listen".into(),
+            addr.to_string(),
+            "--pool-size".into(),
+            (conns + 2).to_string(),
+        ],
+        &ctx.url,
+    )?;
+    // Wait for the service.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Ok(mut c) = client::Conn::connect(addr).await {
+            if let Ok(r) = c.get("/healthz").await {
+                if r.status == 200 {
+                    break;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            serve.stop().await;
+            bail!("olps serve did not come up on {addr}");
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let stream = Stream::new(ctx.args.features, ctx.args.feature_pool, 13);
+    let done = Arc::new(AtomicU64::new(0));
+    let next = Arc::new(AtomicU64::new(0));
+    let ingest = {
+        let _progress = ctx.progress(
+            &format!("memory: olps serve ingesting {n} events"),
+            n,
+            done.clone(),
+        );
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for _ in 0..conns {
+            let (stream, next, done) = (stream.clone(), next.clone(), done.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut conn = client::Conn::connect(addr).await?;
+                let path = format!("/v1/models/{model}/feedback");
+                loop {
+                    let start = next.fetch_add(1000, Ordering::Relaxed);
+                    if start >= n {
+                        return anyhow::Ok(());
+                    }
+                    let end = (start + 1000).min(n);
+                    let body = data::feedback_body(&stream, start..end);
+                    let r = conn.post_json(&path, &body).await?;
+                    if r.status != 202 {
+                        bail!(
+                            "feedback answered {}: {}",
+                            r.status,
+                            String::from_utf8_lossy(&r.body)
+                        );
+                    }
+                    done.fetch_add(end - start, Ordering::Relaxed);
+                }
+            }));
+        }
+        let mut failed = None;
+        for t in tasks {
+            if let Err(e) = t.await.map_err(anyhow::Error::from).and_then(|r| r) {
+                failed = Some(e);
+            }
+        }
+        if let Some(e) = failed {
+            serve.stop().await;
+            return Err(e.context("ingest into olps serve"));
+        }
+        n as f64 / started.elapsed().as_secs_f64()
+    };
+    let serve_peak_kib = serve.stop().await;
+
+    let done = Arc::new(AtomicU64::new(0));
+    let started = Instant::now();
+    let worker = Child::spawn(
+        &bin,
+        &[
+            "worker".into(),
+            "--until-empty".into(),
+            "--model".into(),
+            model.to_string(),
+            "--batch-size".into(),
+            ctx.args.batch_size.to_string(),
+        ],
+        &ctx.url,
+    )?;
+    let worker_peak_kib = {
+        let _progress = ctx.progress(
+            &format!("memory: olps worker draining {n} events"),
+            n,
+            done.clone(),
+        );
+        let monitor = {
+            let (pool, done) = (ctx.pool.clone(), done.clone());
+            tokio::spawn(async move {
+                loop {
+                    if let Ok(a) = data::applied(&pool, &[model]).await {
+                        done.store(a, Ordering::Relaxed);
+                    }
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+            })
+        };
+        let peak = worker.wait(Duration::from_secs(3600)).await;
+        monitor.abort();
+        peak?
+    };
+    let drain_rate = n as f64 / started.elapsed().as_secs_f64();
+    let check = data::check(&ctx.pool, &[model]).await?;
+    if check.processed as u64 != n {
+        bail!(
+            "memory case: olps worker --until-empty applied {} of {n} events",
+            check.processed
+        );
+    }
+    ctx.say(&format!(
+        "memory at {n} events: serve peak {} MiB, worker peak {} MiB",
+        serve_peak_kib / 1024,
+        worker_peak_kib / 1024
+    ));
+    Ok(MemoryResult {
+        events: n,
+        serve_peak_kib,
+        worker_peak_kib,
+        ingest_rate: ingest,
+        drain_rate,
+    })
+}
+
+pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
+    let n = ctx.args.events.unwrap_or(50_000).max(1);
+    let several = ctx.args.models.max(1) as usize;
+    let worker_counts: Vec<usize> = match ctx.args.workers {
+        Some(w) => vec![w as usize],
+        None => vec![1, 2],
+    };
+    let mut model_counts = vec![1];
+    if several > 1 {
+        model_counts.push(several);
+    }
+    let batch = ctx.args.batch_size;
+
+    let mut olps_single: Option<CaseResult> = None;
+    let mut flip = false;
+    for &w in &worker_counts {
+        for &m in &model_counts {
+            // Alternate which runs first, so neither always gets the fresher tables.
+            let (olps, bare) = if flip {
+                let bare = case(ctx, Drainer::BareSql, w, m, n).await?;
+                (case(ctx, Drainer::Olps, w, m, n).await?, bare)
+            } else {
+                let olps = case(ctx, Drainer::Olps, w, m, n).await?;
+                (olps, case(ctx, Drainer::BareSql, w, m, n).await?)
+            };
+            flip = !flip;
+            let name = format!(
+                "{w} worker{}, {m} model{}, batch {batch}",
+                if w == 1 { "" } else { "s" },
+                if m == 1 { "" } else { "s" }
+            );
+            let figure = Figure::new("drain", &name, "events/s", olps.rate())
+                .baseline("bare set-based SQL drain", bare.rate())
+                .target_ratio_at_least(TARGET_RATIO);
+            let figure = olps
+                .details(figure)
+                .detail(
+                    "baseline_history_rows_per_event",
+                    bare.check.history_rows as f64 / n as f64,
+                )
+                .detail("baseline_versions", bare.check.versions);
+            report.add(figure);
+            if w == 1 && m == 1 {
+                olps_single = Some(olps);
+            }
+        }
+    }
+
+    if let Some(single) = &olps_single {
+        report.add(
+            single.details(
+                Figure::new(
+                    "drain",
+                    &format!("1 worker, 1 model, batch {batch}: absolute"),
+                    "events/s",
+                    single.rate(),
+                )
+                .target_value_at_least(TARGET_EVENTS_PER_SEC, "events/s")
+                .note(format!(
+                    "{} features per event from {} names; durable commits",
+                    ctx.args.features, ctx.args.feature_pool
+                )),
+            ),
+        );
+        let naive_n = ctx.args.naive_events.unwrap_or(300).max(1);
+        let naive = naive_case(ctx, naive_n).await?;
+        report.add(
+            naive.details(
+                Figure::new(
+                    "drain",
+                    "speedup over the naive design (1 worker, 1 model)",
+                    "events/s",
+                    single.rate(),
+                )
+                .baseline(&format!("naive design, {naive_n} events"), naive.rate())
+                .target_ratio_at_least(TARGET_NAIVE_SPEEDUP)
+                .note(
+                    "naive: one transaction per event, one SELECT + UPDATE per parameter and one \
+                     INSERT per history row (the source document's loop)",
+                ),
+            ),
+        );
+    }
+
+    let sizes = ctx
+        .args
+        .memory_events
+        .clone()
+        .unwrap_or_else(|| vec![100_000, 1_000_000]);
+    let mut first: Option<MemoryResult> = None;
+    for size in sizes.into_iter().filter(|s| *s > 0) {
+        let mem = memory_case(ctx, size).await?;
+        let mib = |kib: u64| kib as f64 / 1024.0;
+        for (what, peak) in [
+            ("olps worker --until-empty", mem.worker_peak_kib),
+            ("olps serve (HTTP ingest)", mem.serve_peak_kib),
+        ] {
+            let mut figure = Figure::new(
+                "drain",
+                &format!(
+                    "{what}: peak RSS at {} events",
+                    super::report::number(size as f64)
+                ),
+                "MiB",
+                mib(peak),
+            )
+            .lower_is_better()
+            .detail("events", size)
+            .detail("ingest_events_per_sec", mem.ingest_rate)
+            .detail("drain_events_per_sec", mem.drain_rate);
+            if let Some(f) = &first {
+                let base = if what.starts_with("olps worker") {
+                    f.worker_peak_kib
+                } else {
+                    f.serve_peak_kib
+                };
+                figure = figure
+                    .baseline(
+                        &format!("same at {} events", super::report::number(f.events as f64)),
+                        mib(base),
+                    )
+                    .target_ratio_at_most(1.25);
+            }
+            report.add(figure);
+        }
+        if first.is_none() {
+            first = Some(mem);
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,395 @@
+//! `olps bench`: the benchmark suite. Every figure is measured next to what PostgreSQL itself does
+//! on the same machine in the same run (a bare-SQL baseline), and reported as a ratio, because
+//! absolute times on a shared machine drift.
+//!
+//! Scenarios (each in its own module): [`ingest`], [`drain`], [`freshness`], [`predict`],
+//! [`snapshot`], [`learn`]. Each creates its own models (named `bench-…`), deletes them and their
+//! rows when it ends (also after an error), and adds [`report::Figure`]s to the [`Report`],
+//! printed as a table and optionally written as JSON (`--json`) and as Markdown
+//! (`--markdown docs/BENCHMARKS.md`).
+
+pub mod client;
+pub mod data;
+pub mod drain;
+pub mod freshness;
+pub mod ingest;
+pub mod learn;
+pub mod predict;
+pub mod report;
+pub mod snapshot;
+pub mod sys;
+
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::{Args, ValueEnum};
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::learner::{LearnerConfig, ModelKind};
+use crate::models::{self, Model, NewModel};
+
+pub use report::{Figure, Report};
+
+/// Prefix of every model the benchmarks create.
+pub const MODEL_PREFIX: &str = "bench-";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum Scenario {
+    /// Every scenario below, in this order.
+    All,
+    /// Feedback events per second: HTTP batch endpoint, SQL multi-row insert, COPY; baseline: a
+    /// bare COPY.
+    Ingest,
+    /// Events per second turned into committed parameter updates with full history; baseline: a
+    /// bare set-based SQL drain; also the naive design, and the worker's and service's memory.
+    Drain,
+    /// Delay from a feedback row's commit to the commit of the first version that includes it.
+    Freshness,
+    /// Predictions per second and latency, batch 1 and 100, while the worker commits versions.
+    Predict,
+    /// Snapshot, rollback and point-in-time read times for large models.
+    Snapshot,
+    /// The learner alone (no database): prequential loss/accuracy and events per second.
+    Learn,
+}
+
+impl Scenario {
+    pub fn name(self) -> &'static str {
+        match self {
+            Scenario::All => "all",
+            Scenario::Ingest => "ingest",
+            Scenario::Drain => "drain",
+            Scenario::Freshness => "freshness",
+            Scenario::Predict => "predict",
+            Scenario::Snapshot => "snapshot",
+            Scenario::Learn => "learn",
+        }
+    }
+
+    /// The scenarios `all` runs, in order.
+    pub const EVERY: [Scenario; 6] = [
+        Scenario::Ingest,
+        Scenario::Drain,
+        Scenario::Freshness,
+        Scenario::Predict,
+        Scenario::Snapshot,
+        Scenario::Learn,
+    ];
+}
+
+/// `olps bench <scenario> [options]`.
+#[derive(Debug, Clone, Args)]
+pub struct BenchArgs {
+    /// The scenario to run (`all` runs every one).
+    #[arg(value_enum)]
+    pub scenario: Scenario,
+    /// Events per measured case (ingest: per method; drain: per case; freshness: in total;
+    /// predict: requests per case; learn: examples per optimizer). Default: per scenario.
+    #[arg(long)]
+    pub events: Option<u64>,
+    /// Features per event.
+    #[arg(long, default_value_t = 10, value_parser = clap::value_parser!(u64).range(1..=1000))]
+    pub features: u64,
+    /// Distinct feature names the events draw from.
+    #[arg(long, default_value_t = 10_000, value_parser = clap::value_parser!(u64).range(1..=10_000_000))]
+    pub feature_pool: u64,
+    /// Models in the "several models" cases (drain, ingest).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub models: u64,
+    /// Worker count in drain (default: 1 and 2).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub workers: Option<u64>,
+    /// Queue rows per worker batch (one transaction, one version); the baseline uses the same.
+    #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch_size: i64,
+    /// Concurrent client connections (ingest, predict).
+    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
+    pub connections: u64,
+    /// Feedback rate of the freshness scenario, events per second.
+    #[arg(long, default_value_t = 1000.0)]
+    pub rate: f64,
+    /// Seconds of steady load (freshness; predict per case).
+    #[arg(long, default_value_t = 10.0)]
+    pub duration: f64,
+    /// Stream sizes at which drain measures the worker's and the service's peak memory (child
+    /// processes); comma separated, 0 to skip.
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    pub memory_events: Option<Vec<u64>>,
+    /// Events run through the naive design in drain (it is slow).
+    #[arg(long)]
+    pub naive_events: Option<u64>,
+    /// Model sizes (parameters) of the snapshot scenario; comma separated.
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    pub snapshot_params: Option<Vec<u64>>,
+    /// Learner settings of the models the benchmarks create, as JSON (fields of LearnerConfig,
+    /// e.g. '{"optimizer": "adam"}'). Default: the defaults of `olps model create`.
+    #[arg(long)]
+    pub settings: Option<String>,
+    /// CSV stream for `learn` (feature columns, then the label). Default:
+    /// ../shared/data/seed_stream.csv.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    /// Write the report as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+    /// Write the report as Markdown (docs/BENCHMARKS.md) to this file.
+    #[arg(long)]
+    pub markdown: Option<PathBuf>,
+    /// No progress lines on stderr.
+    #[arg(long)]
+    pub quiet: bool,
+    /// The olps binary for child processes (memory measurement). Default: this executable.
+    #[arg(long, hide = true)]
+    pub olps_bin: Option<PathBuf>,
+}
+
+impl BenchArgs {
+    /// Arguments for one scenario with the defaults (for library callers and tests).
+    pub fn new(scenario: Scenario) -> BenchArgs {
+        BenchArgs {
+            scenario,
+            events: None,
+            features: 10,
+            feature_pool: 10_000,
+            models: 4,
+            workers: None,
+            batch_size: 1000,
+            connections: 4,
+            rate: 1000.0,
+            duration: 10.0,
+            memory_events: None,
+            naive_events: None,
+            snapshot_params: None,
+            settings: None,
+            data: None,
+            json: None,
+            markdown: None,
+            quiet: false,
+            olps_bin: None,
+        }
+    }
+
+    /// The command line that reproduces these arguments.
+    pub fn command_line(&self) -> String {
+        std::env::args()
+            .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
+            .collect::<Vec<_>>()
+            .join(" ")
+    }
+}
+
+/// What every scenario gets: the database, the arguments, and the models it created.
+pub struct Ctx {
+    pub url: String,
+    pub pool: PgPool,
+    pub args: BenchArgs,
+    created: Mutex<Vec<Uuid>>,
+}
+
+impl Ctx {
+    pub async fn new(url: &str, args: BenchArgs) -> anyhow::Result<Ctx> {
+        let pool = crate::db::connect(url, 16).await?;
+        Ok(Ctx {
+            url: url.to_string(),
+            pool,
+            args,
+            created: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// A new model named `bench-<label>-<random>`, remembered for cleanup.
+    pub async fn create_model(
+        &self,
+        label: &str,
+        kind: ModelKind,
+        settings: LearnerConfig,
+    ) -> anyhow::Result<Model> {
+        let name = format!(
+            "{MODEL_PREFIX}{label}-{}",
+            &Uuid::new_v4().simple().to_string()[..8]
+        );
+        let model = models::create(
+            &self.pool,
+            &NewModel {
+                name,
+                kind,
+                settings,
+            },
+        )
+        .await?;
+        self.created.lock().unwrap().push(model.model_id);
+        Ok(model)
+    }
+
+    /// The learner settings of bench models: --settings, else the defaults.
+    pub fn settings(&self) -> anyhow::Result<LearnerConfig> {
+        let config: LearnerConfig = match &self.args.settings {
+            Some(json) => {
+                serde_json::from_str(json).context("--settings is not valid settings JSON")?
+            }
+            None => LearnerConfig::default(),
+        };
+        config
+            .validate()
+            .map_err(|e| anyhow::anyhow!("--settings: {e}"))?;
+        Ok(config)
+    }
+
+    /// `n` logistic models with the bench settings.
+    pub async fn create_models(&self, label: &str, n: usize) -> anyhow::Result<Vec<Model>> {
+        let settings = self.settings()?;
+        let mut out = Vec::with_capacity(n);
+        for i in 0..n {
+            out.push(
+                self.create_model(
+                    &format!("{label}{i}"),
+                    ModelKind::Logistic,
+                    settings.clone(),
+                )
+                .await?,
+            );
+        }
+        Ok(out)
+    }
+
+    /// Deletes the given models and every row of theirs (in every table with a `model_id`).
+    pub async fn cleanup(&self, ids: &[Uuid]) -> anyhow::Result<()> {
+        if ids.is_empty() {
+            return Ok(());
+        }
+        data::delete_models(&self.pool, ids).await?;
+        self.created.lock().unwrap().retain(|id| !ids.contains(id));
+        Ok(())
+    }
+
+    /// Deletes every model this run created and has not cleaned up yet.
+    pub async fn cleanup_all(&self) -> anyhow::Result<()> {
+        let ids: Vec<Uuid> = self.created.lock().unwrap().clone();
+        self.cleanup(&ids).await
+    }
+
+    /// The olps executable for child processes.
+    pub fn olps_bin(&self) -> anyhow::Result<PathBuf> {
+        match &self.args.olps_bin {
+            Some(p) => Ok(p.clone()),
+            None => std::env::current_exe().context("cannot find the olps executable"),
+        }
+    }
+
+    /// Prints a progress line on stderr (unless --quiet).
+    pub fn say(&self, line: &str) {
+        if !self.args.quiet {
+            eprintln!("bench: {line}");
+        }
+    }
+
+    /// Progress lines every 2 seconds while the returned guard lives: `done` of `total`.
+    pub fn progress(&self, label: &str, total: u64, done: Arc<AtomicU64>) -> Progress {
+        Progress::start(label, total, done, self.args.quiet)
+    }
+}
+
+/// Periodic progress lines on stderr for a long phase; stops when dropped.
+pub struct Progress {
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl Progress {
+    pub fn start(label: &str, total: u64, done: Arc<AtomicU64>, quiet: bool) -> Progress {
+        if quiet {
+            return Progress { task: None };
+        }
+        let label = label.to_string();
+        let task = tokio::spawn(async move {
+            let started = Instant::now();
+            let mut tick = tokio::time::interval(Duration::from_secs(2));
+            tick.tick().await;
+            loop {
+                tick.tick().await;
+                let n = done.load(Ordering::Relaxed);
+                let secs = started.elapsed().as_secs_f64();
+                eprintln!(
+                    "bench: {label}: {} / {} ({:.0}%, {}/s, {:.0} s)",
+                    report::thousands(n as f64),
+                    report::thousands(total as f64),
+                    100.0 * n as f64 / total.max(1) as f64,
+                    report::thousands(n as f64 / secs.max(1e-9)),
+                    secs
+                );
+            }
+        });
+        Progress { task: Some(task) }
+    }
+}
+
+impl Drop for Progress {
+    fn drop(&mut self) {
+        if let Some(t) = self.task.take() {
+            t.abort();
+        }
+    }
+}
+
+/// `olps bench`: resolves the database (DATABASE_URL or the embedded default), applies pending
+/// migrations, runs the scenario(s), prints the table and writes the requested files.
+pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
+    let database = crate::cli::prepare_database().await?;
+    let report = run_on(&database.url, &database.description, args).await?;
+    println!("{}", report.table());
+    Ok(report)
+}
+
+/// Runs the scenario(s) on a migrated database, writes the `--json` and `--markdown` files, and
+/// returns the report (printing only progress).
+pub async fn run_on(url: &str, description: &str, args: BenchArgs) -> anyhow::Result<Report> {
+    let ctx = Ctx::new(url, args.clone()).await?;
+    let mut report = Report::new(&ctx, description).await;
+    let scenarios: Vec<Scenario> = match args.scenario {
+        Scenario::All => Scenario::EVERY.to_vec(),
+        s => vec![s],
+    };
+    let mut result = Ok(());
+    for scenario in scenarios {
+        ctx.say(&format!("scenario {}", scenario.name()));
+        let started = Instant::now();
+        let outcome = match scenario {
+            Scenario::Ingest => ingest::run(&ctx, &mut report).await,
+            Scenario::Drain => drain::run(&ctx, &mut report).await,
+            Scenario::Freshness => freshness::run(&ctx, &mut report).await,
+            Scenario::Predict => predict::run(&ctx, &mut report).await,
+            Scenario::Snapshot => snapshot::run(&ctx, &mut report).await,
+            Scenario::Learn => learn::run(&ctx, &mut report).await,
+            Scenario::All => unreachable!(),
+        };
+        // Clean up after every scenario, also a failed one.
+        let cleaned = ctx.cleanup_all().await;
+        report.scenarios_run.push(scenario.name().to_string());
+        ctx.say(&format!(
+            "scenario {} done in {:.1} s",
+            scenario.name(),
+            started.elapsed().as_secs_f64()
+        ));
+        if let Err(e) = outcome.and(cleaned) {
+            result = Err(e.context(format!("scenario {}", scenario.name())));
+            break;
+        }
+    }
+    report.finish();
+    ctx.pool.close().await;
+    result?;
+    if let Some(path) = &args.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        ctx.say(&format!("wrote {}", path.display()));
+    }
+    if let Some(path) = &args.markdown {
+        std::fs::write(path, report.markdown())
+            .with_context(|| format!("cannot write {}", path.display()))?;
+        ctx.say(&format!("wrote {}", path.display()));
+    }
+    Ok(report)
+}
