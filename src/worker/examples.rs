@@ -9,12 +9,16 @@ use super::queue::ClaimedRow;
 /// Features from a JSON object of name -> number.
 pub fn features_from_json(value: &Value, origin: &str) -> Result<Vec<(String, f64)>, String> {
     let Some(map) = value.as_object() else {
-        return Err(format!("{origin} is not an object of feature name -> number (got {value})"));
+        return Err(format!(
+            "{origin} is not an object of feature name -> number (got {value})"
+        ));
     };
     map.iter()
         .map(|(name, v)| match v.as_f64() {
             Some(x) => Ok((name.clone(), x)),
-            None => Err(format!("{origin}: feature '{name}' is not a number (got {v})")),
+            None => Err(format!(
+                "{origin}: feature '{name}' is not a number (got {v})"
+            )),
         })
         .collect()
 }
@@ -22,7 +26,10 @@ pub fn features_from_json(value: &Value, origin: &str) -> Result<Vec<(String, f6
 /// The example a row teaches, or why it cannot be learned (the dead-letter reason).
 pub fn example_from_row(row: &ClaimedRow, kind: ModelKind) -> Result<Example, String> {
     if !row.label.is_finite() {
-        return Err(format!("feedback_value is {}, not a finite number", row.label));
+        return Err(format!(
+            "feedback_value is {}, not a finite number",
+            row.label
+        ));
     }
     validate_label(kind, row.label).map_err(|e| format!("feedback_value: {e}"))?;
     let weight = match row.confidence {
