@@ -7,6 +7,7 @@ mod monitor;
 mod observe;
 pub mod openapi;
 pub mod predict;
+mod versions;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -81,6 +82,7 @@ pub fn router(state: AppState) -> Router {
         // Plain axum routers: served but NOT in the OpenAPI document until converted to
         // `OpenApiRouter` + `routes!` and merged into `api()` (tests/serving.rs fails on them).
         .merge(monitor::router())
+        .merge(versions::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(TimeoutLayer::with_status_code(

@@ -1,0 +1,208 @@
+//! Rollback (and roll-forward): makes a model's parameters, optimizer state, example count and
+//! model-level learner state equal to those of an earlier version, as a new version of its own.
+//!
+//! It holds the model's row lock (waiting for a worker batch in progress, never interleaving with
+//! one), computes the target state set-based inside PostgreSQL, and writes only the parameters
+//! whose state differs, bit for bit, each with a history row of type `rollback`. A parameter that
+//! did not exist at the target version is zeroed (value and all state 0): the learner treats a
+//! parameter in its initial state exactly like an absent one, and its history chain stays
+//! unbroken. The worker's cached learner is invalidated by the version bump.
+
+use serde::Serialize;
+use sqlx::PgPool;
+use uuid::Uuid;
+
+use crate::history::{self, Base, HistoryError, CHANGED_AND_TARGET, FULL_TARGET};
+use crate::models::{self, ModelError};
+use crate::snapshots;
+use crate::versions::{self, VersionRecord};
+
+/// Recorded as `parameter_updates.source` and `model_versions.source`.
+pub const ROLLBACK_SOURCE: &str = "rollback";
+
+/// Where to roll back (or forward) to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum RollbackTarget {
+    Version(i64),
+    /// A snapshot by UUID or label.
+    Snapshot(String),
+}
+
+/// How the target state is computed. `Auto`: `Incremental` when the history after the target
+/// version is intact, else `Full`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RollbackPlan {
+    Auto,
+    /// Only the parameters with history rows after the target version (its cost follows what
+    /// changed since, not the model's size).
+    Incremental,
+    /// Every parameter: the target version rebuilt from its nearest snapshot and history, compared
+    /// with every current parameter.
+    Full,
+}
+
+/// What a rollback did.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct RollbackOutcome {
+    pub model_id: Uuid,
+    /// The new version the rollback made.
+    pub version: i64,
+    pub previous_version: i64,
+    pub rolled_back_to: i64,
+    /// The snapshot given as the target, if any.
+    pub snapshot_id: Option<Uuid>,
+    /// Parameters whose state changed (one history row each).
+    pub parameters_changed: i64,
+    /// Of those, parameters that did not exist at the target version, set to the initial state.
+    pub parameters_zeroed: i64,
+    pub examples_seen: i64,
+    /// `incremental` or `full`.
+    pub plan: &'static str,
+}
+
+pub async fn rollback(
+    pool: &PgPool,
+    model_id: Uuid,
+    target: &RollbackTarget,
+) -> Result<RollbackOutcome, HistoryError> {
+    rollback_with(pool, model_id, target, RollbackPlan::Auto).await
+}
+
+/// [`rollback`] with a chosen plan (tests compare them).
+pub async fn rollback_with(
+    pool: &PgPool,
+    model_id: Uuid,
+    target: &RollbackTarget,
+    plan: RollbackPlan,
+) -> Result<RollbackOutcome, HistoryError> {
+    if let RollbackTarget::Version(v) = target {
+        if *v < 0 {
+            return Err(HistoryError::InvalidArgument(format!(
+                "to_version: must be 0 or more, got {v}"
+            )));
+        }
+    }
+    let mut tx = pool.begin().await?;
+    let model = models::lock(&mut tx, model_id, false)
+        .await?
+        .ok_or_else(|| ModelError::NotFound(model_id.to_string()))?;
+    let horizon = history::horizon(&mut tx, model_id).await?;
+    let (to, base, snapshot_id) = match target {
+        RollbackTarget::Version(v) => {
+            let base = history::base_for(&mut tx, model_id, *v, horizon, true).await?;
+            (*v, base, None)
+        }
+        RollbackTarget::Snapshot(key) => {
+            let s = snapshots::find_in(&mut tx, model_id, key, "FOR KEY SHARE").await?;
+            history::check_version(s.model_version, horizon)?;
+            let base = Base {
+                snapshot_id: Some(s.snapshot_id),
+                version: s.model_version,
+            };
+            (s.model_version, base, Some(s.snapshot_id))
+        }
+    };
+    let incremental = match plan {
+        RollbackPlan::Full => false,
+        // The incremental plan reads the history after `to`, which pruning may have removed.
+        RollbackPlan::Auto | RollbackPlan::Incremental => to >= horizon.pruned_through,
+    };
+    let (examples_seen, learner_state): (i64, Option<serde_json::Value>) = if to == 0 {
+        (0, Some(serde_json::json!({})))
+    } else {
+        sqlx::query_as(
+            "SELECT examples_seen, learner_state FROM model_versions
+             WHERE model_id = $1 AND model_version = $2",
+        )
+        .bind(model_id)
+        .bind(to)
+        .fetch_one(&mut *tx)
+        .await?
+    };
+    let version = model.version + 1;
+    let target_sql = if incremental {
+        CHANGED_AND_TARGET
+    } else {
+        FULL_TARGET
+    };
+    let metadata = serde_json::json!({"rolled_back_to": to, "snapshot_id": snapshot_id});
+    let (changed, zeroed): (i64, i64) = sqlx::query_as(&format!(
+        "WITH {target_sql},
+         diff AS (
+             SELECT t.parameter_id, t.present, p.parameter_id IS NOT NULL AS exists_now,
+                    p.current_value AS old_value, t.value, t.opt_m, t.opt_v, t.update_count,
+                    t.feature_mean, t.feature_m2
+             FROM target t
+             LEFT JOIN model_parameters p
+                 ON p.model_id = $1 AND p.parameter_id = t.parameter_id
+             WHERE CASE WHEN p.parameter_id IS NULL THEN t.present
+                        ELSE float8send(p.current_value) <> float8send(t.value)
+                          OR float8send(p.opt_m) <> float8send(t.opt_m)
+                          OR float8send(p.opt_v) <> float8send(t.opt_v)
+                          OR p.update_count <> t.update_count
+                          OR float8send(p.feature_mean) <> float8send(t.feature_mean)
+                          OR float8send(p.feature_m2) <> float8send(t.feature_m2) END
+         ),
+         updated AS (
+             UPDATE model_parameters p
+             SET current_value = d.value, opt_m = d.opt_m, opt_v = d.opt_v,
+                 update_count = d.update_count, feature_mean = d.feature_mean,
+                 feature_m2 = d.feature_m2, version = $5, last_updated = now()
+             FROM diff d
+             WHERE d.exists_now AND p.model_id = $1 AND p.parameter_id = d.parameter_id
+         ),
+         inserted AS (
+             INSERT INTO model_parameters
+                 (model_id, parameter_id, current_value, opt_m, opt_v, update_count,
+                  feature_mean, feature_m2, version, last_updated)
+             SELECT $1, d.parameter_id, d.value, d.opt_m, d.opt_v, d.update_count,
+                    d.feature_mean, d.feature_m2, $5, now()
+             FROM diff d WHERE NOT d.exists_now
+         ),
+         history AS (
+             INSERT INTO parameter_updates
+                 (model_id, model_version, parameter_id, old_value, new_value, opt_m, opt_v,
+                  update_count, feature_mean, feature_m2, update_type, learning_rate, source,
+                  metadata)
+             SELECT $1, $5, d.parameter_id, d.old_value, d.value, d.opt_m, d.opt_v,
+                    d.update_count, d.feature_mean, d.feature_m2, 'rollback', NULL, $6,
+                    jsonb_strip_nulls($7)
+             FROM diff d
+             RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM history), (SELECT count(*) FROM diff WHERE NOT present)"
+    ))
+    .bind(model_id)
+    .bind(to)
+    .bind(base.version)
+    .bind(base.snapshot_id)
+    .bind(version)
+    .bind(ROLLBACK_SOURCE)
+    .bind(&metadata)
+    .fetch_one(&mut *tx)
+    .await?;
+    let record = VersionRecord {
+        kind: "rollback",
+        parameters_changed: changed as i32,
+        rolled_back_to: Some(to),
+        source: Some(ROLLBACK_SOURCE.to_string()),
+        learner_state: learner_state.or_else(|| Some(serde_json::json!({}))),
+        ..VersionRecord::default()
+    };
+    versions::commit_version(&mut tx, model_id, version, examples_seen, &record).await?;
+    snapshots::maybe_auto_snapshot(&mut tx, model_id, version).await?;
+    tx.commit().await?;
+    tracing::info!(%model_id, version, rolled_back_to = to, parameters_changed = changed,
+        parameters_zeroed = zeroed, "rolled back");
+    Ok(RollbackOutcome {
+        model_id,
+        version,
+        previous_version: model.version,
+        rolled_back_to: to,
+        snapshot_id,
+        parameters_changed: changed,
+        parameters_zeroed: zeroed,
+        examples_seen,
+        plan: if incremental { "incremental" } else { "full" },
+    })
+}
