@@ -489,8 +489,8 @@ pub async fn run(args: DemoArgs, database: &Database) -> anyhow::Result<DemoRepo
             "olps rollback --model {MODEL_NAME} --to-version {}",
             snap_bad.1
         ),
-        format!("psql {url_hint} -v model_id={model_id} -f sql/version_timeline.sql"),
-        format!("psql {url_hint} -v model_id={model_id} -f sql/prequential_loss.sql"),
+        format!("psql {url_hint} -X -v ON_ERROR_STOP=1 -v model={MODEL_NAME} -f sql/version_timeline.sql"),
+        format!("psql {url_hint} -X -v ON_ERROR_STOP=1 -v model={MODEL_NAME} -v window=500 -f sql/prequential_loss.sql"),
     ];
     let report = DemoReport {
         model_id,
