@@ -20,6 +20,7 @@ async fn bench_all_tiny_applies_everything_and_cleans_up() {
     args.connections = 2;
     args.rate = 300.0;
     args.naive_events = Some(5);
+    args.batch_sweep = Some(vec![300]);
     args.memory_events = Some(vec![300, 600]);
     args.snapshot_params = Some(vec![500]);
     args.quiet = true;

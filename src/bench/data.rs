@@ -209,6 +209,13 @@ pub async fn load(
     Ok(())
 }
 
+/// Lets the database settle before a measurement: a CHECKPOINT, so the dirty pages and WAL of
+/// the previous case (or of loading) are not flushed during this one. Best effort (it needs the
+/// pg_checkpoint role or superuser).
+pub async fn settle(pool: &PgPool) {
+    let _ = sqlx::query("CHECKPOINT").execute(pool).await;
+}
+
 /// Events applied so far to the models (the sum of `models.examples_seen`).
 pub async fn applied(pool: &PgPool, models: &[Uuid]) -> anyhow::Result<u64> {
     let n: i64 = sqlx::query_scalar(

@@ -123,6 +123,7 @@ async fn measure_on(
     rate: f64,
     duration: f64,
 ) -> anyhow::Result<Latencies> {
+    data::settle(&ctx.pool).await;
     // Version commits, as their notifications arrive.
     let seen: Arc<Mutex<HashMap<i64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let mut listener = PgListener::connect(&ctx.url).await?;

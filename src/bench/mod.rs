@@ -119,6 +119,13 @@ pub struct BenchArgs {
     /// processes); comma separated, 0 to skip.
     #[arg(long, value_delimiter = ',', num_args = 0..)]
     pub memory_events: Option<Vec<u64>>,
+    /// Extra batch sizes drain measures for 1 worker and 1 model (olps and baseline); comma
+    /// separated, 0 to skip. Default: 2 and 5 times --batch-size.
+    #[arg(long, value_delimiter = ',', num_args = 0..)]
+    pub batch_sweep: Option<Vec<i64>>,
+    /// Runs of each drain case, olps and baseline alternating (ABBA…); the figure is the mean.
+    #[arg(long, default_value_t = 1, value_parser = clap::value_parser!(u32).range(1..=10))]
+    pub repeat: u32,
     /// Events run through the naive design in drain (it is slow).
     #[arg(long)]
     pub naive_events: Option<u64>,
@@ -162,6 +169,8 @@ impl BenchArgs {
             rate: 1000.0,
             duration: 10.0,
             memory_events: None,
+            batch_sweep: None,
+            repeat: 1,
             naive_events: None,
             snapshot_params: None,
             settings: None,
@@ -175,7 +184,8 @@ impl BenchArgs {
 
     /// The command line that reproduces these arguments.
     pub fn command_line(&self) -> String {
-        std::env::args()
+        std::iter::once("olps".to_string())
+            .chain(std::env::args().skip(1))
             .map(|a| if a.contains(' ') { format!("'{a}'") } else { a })
             .collect::<Vec<_>>()
             .join(" ")
@@ -241,7 +251,16 @@ impl Ctx {
 
     /// `n` logistic models with the bench settings.
     pub async fn create_models(&self, label: &str, n: usize) -> anyhow::Result<Vec<Model>> {
-        let settings = self.settings()?;
+        self.create_models_with(label, n, &self.settings()?).await
+    }
+
+    /// `n` logistic models with the given settings.
+    pub async fn create_models_with(
+        &self,
+        label: &str,
+        n: usize,
+        settings: &LearnerConfig,
+    ) -> anyhow::Result<Vec<Model>> {
         let mut out = Vec::with_capacity(n);
         for i in 0..n {
             out.push(
@@ -287,7 +306,8 @@ impl Ctx {
         }
     }
 
-    /// Progress lines every 2 seconds while the returned guard lives: `done` of `total`.
+    /// Progress lines every 2 seconds while the returned guard lives: `done` of `total` (0:
+    /// unknown).
     pub fn progress(&self, label: &str, total: u64, done: Arc<AtomicU64>) -> Progress {
         Progress::start(label, total, done, self.args.quiet)
     }
@@ -312,14 +332,20 @@ impl Progress {
                 tick.tick().await;
                 let n = done.load(Ordering::Relaxed);
                 let secs = started.elapsed().as_secs_f64();
-                eprintln!(
-                    "bench: {label}: {} / {} ({:.0}%, {}/s, {:.0} s)",
-                    report::thousands(n as f64),
-                    report::thousands(total as f64),
-                    100.0 * n as f64 / total.max(1) as f64,
-                    report::thousands(n as f64 / secs.max(1e-9)),
-                    secs
-                );
+                let rate = report::thousands(n as f64 / secs.max(1e-9));
+                if total == 0 {
+                    eprintln!(
+                        "bench: {label}: {} ({rate}/s, {secs:.0} s)",
+                        report::thousands(n as f64)
+                    );
+                } else {
+                    eprintln!(
+                        "bench: {label}: {} / {} ({:.0}%, {rate}/s, {secs:.0} s)",
+                        report::thousands(n as f64),
+                        report::thousands(total as f64),
+                        100.0 * n as f64 / total as f64,
+                    );
+                }
             }
         });
         Progress { task: Some(task) }

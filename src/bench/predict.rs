@@ -75,6 +75,7 @@ async fn run_on(ctx: &Ctx, report: &mut Report, model: Uuid) -> anyhow::Result<(
     )
     .await?;
 
+    data::settle(&ctx.pool).await;
     // The service, in-process.
     let listener = TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

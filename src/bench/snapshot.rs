@@ -23,6 +23,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         .unwrap_or_else(|| vec![100_000, 1_000_000]);
     for n in sizes.into_iter().filter(|n| *n > 0) {
         ctx.say(&format!("snapshot: building a model of {n} parameters"));
+        super::data::settle(&ctx.pool).await;
         let started = chrono::Utc::now();
         let timings = history::measure_time_travel(&ctx.pool, n as i64).await;
         // The model it made (named time-travel-<n>-…): ours to delete, whatever happened.
