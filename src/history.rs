@@ -182,14 +182,80 @@ pub(crate) async fn base_for(
     Ok(base)
 }
 
+/// How the backward reconstruction finds the parameters changed after the target version and
+/// their latest history rows at or below it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lookup {
+    /// Chosen by [`choose_lookup`] from the version line's change counts.
+    Auto,
+    /// The changed parameters from the history rows after the target (an index range), each
+    /// probed in the parameter index: best when few parameters changed since the target.
+    Indexed,
+    /// The changed parameters from `model_parameters.version`, their rows in one pass over the
+    /// history between the base and the target, joined by hash: best when many did (a rollback
+    /// of a whole model).
+    Hashed,
+}
+
+/// The current-state columns every `target` CTE carries, for the rollback's comparison, from
+/// the `model_parameters` row aliased `p`.
+fn current_columns(p: &str) -> String {
+    format!(
+        "{p}.parameter_id IS NOT NULL AS exists_now,
+               {p}.current_value AS cur_value, {p}.opt_m AS cur_m, {p}.opt_v AS cur_v,
+               {p}.update_count AS cur_count, {p}.feature_mean AS cur_mean,
+               {p}.feature_m2 AS cur_m2"
+    )
+}
+
 /// The "backward" reconstruction's CTEs, for $1 model, $2 target version, $3 base version and
 /// $4 base snapshot (nullable): `changed`, the parameters with history rows after $2, and
-/// `target`, their state at $2 (`present` false, and a zero state, when they did not exist).
-pub(crate) const CHANGED_AND_TARGET: &str = "
+/// `target`, their state at $2 (`present` false, and a zero state, when they did not exist) next
+/// to their current state (`exists_now`, `cur_*`).
+///
+/// The hashed form relies on `model_parameters.version` being the version of the parameter's
+/// latest history row (every writer keeps it so; `assert_linear_history` checks it).
+pub(crate) fn changed_and_target(lookup: Lookup) -> String {
+    let (changed, history, join, current, alias) = match lookup {
+        Lookup::Hashed => (
+            "SELECT p.* FROM model_parameters p
+        WHERE p.model_id = $1 AND p.version > $2",
+            "
+    hist AS (
+        SELECT DISTINCT ON (u.parameter_id)
+               u.parameter_id, u.new_value, u.opt_m, u.opt_v, u.update_count, u.feature_mean,
+               u.feature_m2, u.model_version
+        FROM parameter_updates u
+        WHERE u.model_id = $1 AND u.model_version > $3 AND u.model_version <= $2
+        ORDER BY u.parameter_id, u.model_version DESC
+    ),",
+            "LEFT JOIN hist h ON h.parameter_id = c.parameter_id",
+            "",
+            "c",
+        ),
+        Lookup::Indexed | Lookup::Auto => (
+            "SELECT DISTINCT u.parameter_id FROM parameter_updates u
+        WHERE u.model_id = $1 AND u.model_version > $2",
+            "",
+            "LEFT JOIN LATERAL (
+            SELECT u.new_value, u.opt_m, u.opt_v, u.update_count, u.feature_mean, u.feature_m2,
+                   u.model_version
+            FROM parameter_updates u
+            WHERE u.model_id = $1 AND u.parameter_id = c.parameter_id
+              AND u.model_version > $3 AND u.model_version <= $2
+            ORDER BY u.model_version DESC
+            LIMIT 1
+        ) h ON TRUE",
+            "LEFT JOIN model_parameters p ON p.model_id = $1 AND p.parameter_id = c.parameter_id",
+            "p",
+        ),
+    };
+    let current_columns = current_columns(alias);
+    format!(
+        "
     changed AS (
-        SELECT DISTINCT u.parameter_id FROM parameter_updates u
-        WHERE u.model_id = $1 AND u.model_version > $2
-    ),
+        {changed}
+    ),{history}
     target AS (
         SELECT c.parameter_id,
                (h.new_value IS NOT NULL OR s.parameter_id IS NOT NULL) AS present,
@@ -199,23 +265,73 @@ pub(crate) const CHANGED_AND_TARGET: &str = "
                coalesce(h.update_count, s.update_count, 0) AS update_count,
                coalesce(h.feature_mean, s.feature_mean, 0) AS feature_mean,
                coalesce(h.feature_m2, s.feature_m2, 0) AS feature_m2,
-               coalesce(h.model_version, s.last_version) AS last_version
+               coalesce(h.model_version, s.last_version) AS last_version,
+               {current_columns}
         FROM changed c
-        LEFT JOIN LATERAL (
-            SELECT u.new_value, u.opt_m, u.opt_v, u.update_count, u.feature_mean, u.feature_m2,
-                   u.model_version
-            FROM parameter_updates u
-            WHERE u.model_id = $1 AND u.parameter_id = c.parameter_id
-              AND u.model_version > $3 AND u.model_version <= $2
-            ORDER BY u.model_version DESC
-            LIMIT 1
-        ) h ON TRUE
+        {join}
         LEFT JOIN snapshot_parameters s
             ON s.model_id = $1 AND s.snapshot_id = $4::uuid AND s.parameter_id = c.parameter_id
-    )";
+        {current}
+    )"
+    )
+}
+
+/// The current parameters the backward reconstruction keeps as they are (those not `changed`).
+pub(crate) fn unchanged_condition(lookup: Lookup) -> &'static str {
+    match lookup {
+        Lookup::Hashed => "p.version <= $2",
+        Lookup::Indexed | Lookup::Auto => {
+            "NOT EXISTS (SELECT 1 FROM changed c WHERE c.parameter_id = p.parameter_id)"
+        }
+    }
+}
+
+/// Resolves [`Lookup::Auto`] by a rough cost model: the indexed form costs a probe (several
+/// pages) per changed parameter, the hashed one a pass over the model's parameters and a sort of
+/// the history rows between the base and the target. The version line
+/// (`model_versions.parameters_changed`) says how many rows lie after and before the target.
+pub(crate) async fn choose_lookup(
+    conn: &mut PgConnection,
+    model_id: Uuid,
+    version: i64,
+    base: Base,
+    lookup: Lookup,
+) -> Result<Lookup, HistoryError> {
+    if lookup != Lookup::Auto {
+        return Ok(lookup);
+    }
+    let (after, between): (i64, i64) = sqlx::query_as(
+        "SELECT coalesce(sum(parameters_changed) FILTER (WHERE model_version > $2), 0)::int8,
+                coalesce(sum(parameters_changed) FILTER (WHERE model_version <= $2), 0)::int8
+         FROM model_versions WHERE model_id = $1 AND model_version > $3",
+    )
+    .bind(model_id)
+    .bind(version)
+    .bind(base.version)
+    .fetch_one(&mut *conn)
+    .await?;
+    if after < 20_000 {
+        return Ok(Lookup::Indexed);
+    }
+    let parameters: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM model_parameters WHERE model_id = $1")
+            .bind(model_id)
+            .fetch_one(&mut *conn)
+            .await?;
+    let changed = after.min(parameters);
+    Ok(if parameters + 2 * between < after + 8 * changed {
+        Lookup::Hashed
+    } else {
+        Lookup::Indexed
+    })
+}
+
+/// Memory for the sorts and hashes of a reconstruction of up to millions of parameters (they
+/// spill to disk, several times slower, under the 4MB default). Set for one transaction.
+pub(crate) const RECONSTRUCTION_WORK_MEM: &str = "SET LOCAL work_mem = '128MB'";
 
 /// The "forward" reconstruction as a `target` CTE over every parameter that exists now or
-/// existed at $2, for the same parameters as [`CHANGED_AND_TARGET`].
+/// existed at $2, with the columns of [`changed_and_target`]'s.
 pub(crate) const FULL_TARGET: &str = "
     target AS (
         SELECT coalesce(a.parameter_id, p.parameter_id) AS parameter_id,
@@ -226,9 +342,12 @@ pub(crate) const FULL_TARGET: &str = "
                coalesce(a.update_count, 0) AS update_count,
                coalesce(a.feature_mean, 0) AS feature_mean,
                coalesce(a.feature_m2, 0) AS feature_m2,
-               a.last_version
+               a.last_version,
+               p.parameter_id IS NOT NULL AS exists_now,
+               p.current_value AS cur_value, p.opt_m AS cur_m, p.opt_v AS cur_v,
+               p.update_count AS cur_count, p.feature_mean AS cur_mean, p.feature_m2 AS cur_m2
         FROM olps_parameters_from($1, $2, $3, $4::uuid) a
-        FULL JOIN (SELECT mp.parameter_id FROM model_parameters mp WHERE mp.model_id = $1) p
+        FULL JOIN (SELECT * FROM model_parameters mp WHERE mp.model_id = $1) p
             ON p.parameter_id = a.parameter_id
     )";
 
@@ -294,7 +413,7 @@ pub enum At {
 pub enum ReadPlan {
     Auto,
     Forward,
-    Backward,
+    Backward(Lookup),
 }
 
 /// The parameters of a model at a version, read in one consistent snapshot of the database.
@@ -315,6 +434,9 @@ pub async fn parameters_at_with(
 ) -> Result<ParametersAt, HistoryError> {
     let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")
+        .execute(&mut *tx)
+        .await?;
+    sqlx::query(RECONSTRUCTION_WORK_MEM)
         .execute(&mut *tx)
         .await?;
     let horizon = horizon(&mut tx, model_id).await?;
@@ -345,7 +467,7 @@ pub async fn parameters_at_with(
         let forward = match plan {
             ReadPlan::Forward => true,
             // Backward needs the history above `version`, which pruning may have removed.
-            ReadPlan::Backward => version < horizon.pruned_through,
+            ReadPlan::Backward(_) => version < horizon.pruned_through,
             ReadPlan::Auto => {
                 version < horizon.pruned_through
                     || version - base.version <= horizon.current - version
@@ -356,22 +478,27 @@ pub async fn parameters_at_with(
              ORDER BY parameter_id COLLATE \"C\""
                 .to_string()
         } else {
+            let lookup = match plan {
+                ReadPlan::Backward(lookup) => lookup,
+                _ => Lookup::Auto,
+            };
+            let lookup = choose_lookup(&mut tx, model_id, version, base, lookup).await?;
             format!(
-                "WITH {CHANGED_AND_TARGET}
+                "WITH {}
                  SELECT * FROM (
                      SELECT p.parameter_id, p.current_value AS value, p.opt_m, p.opt_v,
                             p.update_count, p.feature_mean, p.feature_m2,
                             p.version AS last_version
                      FROM model_parameters p
-                     WHERE p.model_id = $1
-                       AND NOT EXISTS (SELECT 1 FROM changed c
-                                       WHERE c.parameter_id = p.parameter_id)
+                     WHERE p.model_id = $1 AND {}
                      UNION ALL
                      SELECT parameter_id, value, opt_m, opt_v, update_count, feature_mean,
                             feature_m2, last_version
                      FROM target WHERE present
                  ) r
-                 ORDER BY parameter_id COLLATE \"C\""
+                 ORDER BY parameter_id COLLATE \"C\"",
+                changed_and_target(lookup),
+                unchanged_condition(lookup)
             )
         };
         sqlx::query(&sql)

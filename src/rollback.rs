@@ -12,7 +12,7 @@ use serde::Serialize;
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::history::{self, Base, HistoryError, CHANGED_AND_TARGET, FULL_TARGET};
+use crate::history::{self, Base, HistoryError, Lookup, FULL_TARGET};
 use crate::models::{self, ModelError};
 use crate::snapshots;
 use crate::versions::{self, VersionRecord};
@@ -34,8 +34,8 @@ pub enum RollbackTarget {
 pub enum RollbackPlan {
     Auto,
     /// Only the parameters with history rows after the target version (its cost follows what
-    /// changed since, not the model's size).
-    Incremental,
+    /// changed since, not the model's size), each looked up as given.
+    Incremental(Lookup),
     /// Every parameter: the target version rebuilt from its nearest snapshot and history, compared
     /// with every current parameter.
     Full,
@@ -56,7 +56,7 @@ pub struct RollbackOutcome {
     /// Of those, parameters that did not exist at the target version, set to the initial state.
     pub parameters_zeroed: i64,
     pub examples_seen: i64,
-    /// `incremental` or `full`.
+    /// `incremental-indexed`, `incremental-hashed` or `full`.
     pub plan: &'static str,
 }
 
@@ -86,6 +86,9 @@ pub async fn rollback_with(
     let model = models::lock(&mut tx, model_id, false)
         .await?
         .ok_or_else(|| ModelError::NotFound(model_id.to_string()))?;
+    sqlx::query(history::RECONSTRUCTION_WORK_MEM)
+        .execute(&mut *tx)
+        .await?;
     let horizon = history::horizon(&mut tx, model_id).await?;
     let (to, base, snapshot_id) = match target {
         RollbackTarget::Version(v) => {
@@ -102,10 +105,16 @@ pub async fn rollback_with(
             (s.model_version, base, Some(s.snapshot_id))
         }
     };
-    let incremental = match plan {
-        RollbackPlan::Full => false,
-        // The incremental plan reads the history after `to`, which pruning may have removed.
-        RollbackPlan::Auto | RollbackPlan::Incremental => to >= horizon.pruned_through,
+    // The incremental plan reads the history after `to`, which pruning may have removed.
+    let lookup = match plan {
+        RollbackPlan::Full => None,
+        RollbackPlan::Auto if to >= horizon.pruned_through => Some(Lookup::Auto),
+        RollbackPlan::Incremental(lookup) if to >= horizon.pruned_through => Some(lookup),
+        RollbackPlan::Auto | RollbackPlan::Incremental(_) => None,
+    };
+    let lookup = match lookup {
+        Some(l) => Some(history::choose_lookup(&mut tx, model_id, to, base, l).await?),
+        None => None,
     };
     let (examples_seen, learner_state): (i64, Option<serde_json::Value>) = if to == 0 {
         (0, Some(serde_json::json!({})))
@@ -120,28 +129,24 @@ pub async fn rollback_with(
         .await?
     };
     let version = model.version + 1;
-    let target_sql = if incremental {
-        CHANGED_AND_TARGET
-    } else {
-        FULL_TARGET
+    let target_sql = match lookup {
+        Some(lookup) => history::changed_and_target(lookup),
+        None => FULL_TARGET.to_string(),
     };
     let metadata = serde_json::json!({"rolled_back_to": to, "snapshot_id": snapshot_id});
     let (changed, zeroed): (i64, i64) = sqlx::query_as(&format!(
         "WITH {target_sql},
          diff AS (
-             SELECT t.parameter_id, t.present, p.parameter_id IS NOT NULL AS exists_now,
-                    p.current_value AS old_value, t.value, t.opt_m, t.opt_v, t.update_count,
-                    t.feature_mean, t.feature_m2
+             SELECT t.parameter_id, t.present, t.exists_now, t.cur_value AS old_value, t.value,
+                    t.opt_m, t.opt_v, t.update_count, t.feature_mean, t.feature_m2
              FROM target t
-             LEFT JOIN model_parameters p
-                 ON p.model_id = $1 AND p.parameter_id = t.parameter_id
-             WHERE CASE WHEN p.parameter_id IS NULL THEN t.present
-                        ELSE float8send(p.current_value) <> float8send(t.value)
-                          OR float8send(p.opt_m) <> float8send(t.opt_m)
-                          OR float8send(p.opt_v) <> float8send(t.opt_v)
-                          OR p.update_count <> t.update_count
-                          OR float8send(p.feature_mean) <> float8send(t.feature_mean)
-                          OR float8send(p.feature_m2) <> float8send(t.feature_m2) END
+             WHERE CASE WHEN NOT t.exists_now THEN t.present
+                        ELSE float8send(t.cur_value) <> float8send(t.value)
+                          OR float8send(t.cur_m) <> float8send(t.opt_m)
+                          OR float8send(t.cur_v) <> float8send(t.opt_v)
+                          OR t.cur_count <> t.update_count
+                          OR float8send(t.cur_mean) <> float8send(t.feature_mean)
+                          OR float8send(t.cur_m2) <> float8send(t.feature_m2) END
          ),
          updated AS (
              UPDATE model_parameters p
@@ -168,6 +173,8 @@ pub async fn rollback_with(
                     d.update_count, d.feature_mean, d.feature_m2, 'rollback', NULL, $6,
                     jsonb_strip_nulls($7)
              FROM diff d
+             -- In index order: both indexes of parameter_updates then grow page by page.
+             ORDER BY d.parameter_id
              RETURNING 1
          )
          SELECT (SELECT count(*) FROM history), (SELECT count(*) FROM diff WHERE NOT present)"
@@ -203,6 +210,10 @@ pub async fn rollback_with(
         parameters_changed: changed,
         parameters_zeroed: zeroed,
         examples_seen,
-        plan: if incremental { "incremental" } else { "full" },
+        plan: match lookup {
+            Some(Lookup::Hashed) => "incremental-hashed",
+            Some(_) => "incremental-indexed",
+            None => "full",
+        },
     })
 }

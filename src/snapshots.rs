@@ -218,11 +218,16 @@ pub async fn delete(pool: &PgPool, model_id: Uuid, key: &str) -> Result<Snapshot
             });
         }
     }
-    sqlx::query("DELETE FROM snapshots WHERE model_id = $1 AND snapshot_id = $2")
-        .bind(model_id)
-        .bind(snapshot.snapshot_id)
-        .execute(&mut *tx)
-        .await?;
+    sqlx::query(
+        "WITH header AS (
+             DELETE FROM snapshots WHERE model_id = $1 AND snapshot_id = $2
+         )
+         DELETE FROM snapshot_parameters WHERE model_id = $1 AND snapshot_id = $2",
+    )
+    .bind(model_id)
+    .bind(snapshot.snapshot_id)
+    .execute(&mut *tx)
+    .await?;
     tx.commit().await?;
     Ok(snapshot)
 }
@@ -347,20 +352,25 @@ pub async fn maybe_auto_snapshot(
     if let Some(keep) = keep {
         // Never the floor of pruned history; skip snapshots a prune or delete holds right now.
         let trimmed = sqlx::query(
-            "DELETE FROM snapshots WHERE model_id = $1 AND snapshot_id IN (
-                 SELECT snapshot_id FROM snapshots
-                 WHERE model_id = $1 AND kind = 'auto'
-                   AND NOT ($3 > 0 AND model_version = $3)
-                 ORDER BY model_version DESC, created_at DESC, snapshot_id
-                 OFFSET $2
-                 FOR UPDATE SKIP LOCKED)",
+            "WITH gone AS (
+                 DELETE FROM snapshots WHERE model_id = $1 AND snapshot_id IN (
+                     SELECT snapshot_id FROM snapshots
+                     WHERE model_id = $1 AND kind = 'auto'
+                       AND NOT ($3 > 0 AND model_version = $3)
+                     ORDER BY model_version DESC, created_at DESC, snapshot_id
+                     OFFSET $2
+                     FOR UPDATE SKIP LOCKED)
+                 RETURNING snapshot_id
+             )
+             DELETE FROM snapshot_parameters
+             WHERE model_id = $1 AND snapshot_id IN (SELECT snapshot_id FROM gone)",
         )
         .bind(model_id)
         .bind(i64::from(keep))
         .bind(pruned_through)
         .execute(&mut *conn)
         .await?;
-        tracing::debug!(%model_id, trimmed = trimmed.rows_affected(), "trimmed automatic snapshots");
+        tracing::debug!(%model_id, rows = trimmed.rows_affected(), "trimmed automatic snapshots");
     }
     tracing::info!(%model_id, version, parameters = snapshot.parameter_count, "automatic snapshot");
     Ok(Some(snapshot))

@@ -8,7 +8,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use common::*;
-use olps::history::{self, At, HistoryError, HistoryFilter, ReadPlan};
+use olps::history::{self, At, HistoryError, HistoryFilter, Lookup, ReadPlan};
 use olps::learner::{Example, Learner, LearnerConfig, ModelKind, OptimizerKind, ParamState};
 use olps::rollback::{self, RollbackPlan, RollbackTarget};
 use olps::snapshots::{self, SnapshotPolicy};
@@ -137,6 +137,13 @@ fn pit_state(read: &history::ParametersAt) -> State {
         .collect()
 }
 
+const PLANS: [ReadPlan; 4] = [
+    ReadPlan::Auto,
+    ReadPlan::Forward,
+    ReadPlan::Backward(Lookup::Indexed),
+    ReadPlan::Backward(Lookup::Hashed),
+];
+
 fn adam_standardized() -> LearnerConfig {
     LearnerConfig {
         optimizer: OptimizerKind::Adam,
@@ -237,17 +244,26 @@ async fn rollback_and_roll_forward_restore_parameters_and_optimizer_state_bit_fo
     assert_model_equals(pool, id, &recorded[&12], "roll forward to 12").await;
     assert_learner_state_of(pool, id, 12).await;
 
-    // A version without a snapshot, by either plan, equals one with.
-    let out = rollback::rollback_with(
-        pool,
-        id,
-        &RollbackTarget::Version(9),
-        RollbackPlan::Incremental,
-    )
-    .await
-    .unwrap();
-    assert_eq!(out.plan, "incremental");
-    assert_model_equals(pool, id, &recorded[&9], "rollback to 9, incremental").await;
+    // A version without a snapshot, by every plan, equals one with.
+    for (to, lookup, plan) in [
+        (9, Lookup::Indexed, "incremental-indexed"),
+        (2, Lookup::Hashed, "incremental-hashed"),
+        (11, Lookup::Indexed, "incremental-indexed"),
+        (5, Lookup::Hashed, "incremental-hashed"),
+    ] {
+        let target = RollbackTarget::Version(to);
+        let out = rollback::rollback_with(pool, id, &target, RollbackPlan::Incremental(lookup))
+            .await
+            .unwrap();
+        assert_eq!(out.plan, plan);
+        assert_model_equals(
+            pool,
+            id,
+            &recorded[&to],
+            &format!("rollback to {to}, {plan}"),
+        )
+        .await;
+    }
     let out = rollback::rollback_with(pool, id, &RollbackTarget::Version(3), RollbackPlan::Full)
         .await
         .unwrap();
@@ -351,7 +367,7 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
     );
 
     for (&version, want) in &recorded {
-        for plan in [ReadPlan::Auto, ReadPlan::Forward, ReadPlan::Backward] {
+        for plan in PLANS {
             let read = history::parameters_at_with(pool, id, At::Version(version), plan)
                 .await
                 .unwrap();
@@ -649,7 +665,7 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
 
     // Reachable: the floor and later (by every plan), and version 4 through its own snapshot.
     for version in [4, 7, 8, 9, 10] {
-        for plan in [ReadPlan::Auto, ReadPlan::Forward, ReadPlan::Backward] {
+        for plan in PLANS {
             let read = history::parameters_at_with(pool, id, At::Version(version), plan)
                 .await
                 .unwrap();
@@ -749,6 +765,18 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
         "{:?}",
         again.notes
     );
+}
+
+/// Snapshot parameter rows whose snapshot is gone.
+async fn orphaned_snapshot_rows(pool: &PgPool) -> i64 {
+    sqlx::query_scalar(
+        "SELECT count(*) FROM snapshot_parameters p
+         WHERE NOT EXISTS (SELECT 1 FROM snapshots s
+                           WHERE s.model_id = p.model_id AND s.snapshot_id = p.snapshot_id)",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap()
 }
 
 async fn recorded_time(pool: &PgPool, id: Uuid, version: i64) -> chrono::DateTime<chrono::Utc> {
@@ -867,6 +895,11 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
         .map(|s| s.model_version)
         .collect();
     assert_eq!(versions, vec![9, 10, 13, 16]);
+    assert_eq!(
+        orphaned_snapshot_rows(pool).await,
+        0,
+        "trimmed snapshots leave no rows"
+    );
     // Off.
     snapshots::set_policy(pool, id, &SnapshotPolicy::default())
         .await
@@ -1267,6 +1300,11 @@ async fn http_snapshots_rollback_parameters_and_updates() {
     assert_eq!(
         (status, list["snapshots"].as_array().unwrap().len()),
         (200, 1)
+    );
+    assert_eq!(
+        orphaned_snapshot_rows(&pool).await,
+        0,
+        "deleted with its parameters"
     );
 }
 
