@@ -1306,6 +1306,48 @@ async fn http_snapshots_rollback_parameters_and_updates() {
         0,
         "deleted with its parameters"
     );
+
+    // The answers have exactly the documented properties (the OpenAPI schemas mirror the
+    // library's types).
+    let (_, doc) = app.get("/openapi.json").await;
+    let (_, created) = app
+        .post(&format!("{m}/snapshots"), &json!({"label": "shape"}))
+        .await;
+    assert_shape(&doc, "Snapshot", &created);
+    let (_, list) = app.get(&format!("{m}/snapshots")).await;
+    assert_shape(&doc, "SnapshotList", &list);
+    assert_shape(&doc, "Snapshot", &list["snapshots"][0]);
+    let (_, read) = app.get(&format!("{m}/parameters?version=3")).await;
+    assert_shape(&doc, "ParametersAt", &read);
+    assert_shape(&doc, "ParameterAt", &read["parameters"][0]);
+    let (_, ups) = app.get(&format!("{m}/updates?limit=1")).await;
+    assert_shape(&doc, "ParameterUpdates", &ups);
+    assert_shape(&doc, "ParameterUpdate", &ups["updates"][0]);
+    let (_, out) = app
+        .post(&format!("{m}/rollback"), &json!({"to_version": 3}))
+        .await;
+    assert_shape(&doc, "RollbackOutcome", &out);
+    let (_, policy) = app.get(&format!("{m}/snapshot-policy")).await;
+    assert_shape(&doc, "SnapshotPolicy", &policy);
+    let (_, gone) = del(format!("{m}/snapshots/shape")).await;
+    assert_shape(&doc, "DeletedSnapshot", &gone);
+    assert_shape(&doc, "Snapshot", &gone["deleted"]);
+}
+
+/// The value's properties are exactly those of the documented schema.
+fn assert_shape(doc: &Value, schema: &str, value: &Value) {
+    let documented: std::collections::BTreeSet<&String> = doc["components"]["schemas"][schema]
+        ["properties"]
+        .as_object()
+        .unwrap_or_else(|| panic!("schema {schema} is not documented"))
+        .keys()
+        .collect();
+    let served: std::collections::BTreeSet<&String> = value
+        .as_object()
+        .unwrap_or_else(|| panic!("{schema}: {value} is not an object"))
+        .keys()
+        .collect();
+    assert_eq!(served, documented, "{schema}: {value}");
 }
 
 fn urlencode(s: &str) -> String {

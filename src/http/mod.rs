@@ -16,7 +16,6 @@ use std::time::Duration;
 use axum::extract::rejection::BytesRejection;
 use axum::extract::DefaultBodyLimit;
 use axum::http::StatusCode;
-use axum::routing::get;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::de::DeserializeOwned;
@@ -72,6 +71,8 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(models::router())
         .merge(feedback::router())
         .merge(predict::router())
+        .merge(versions::router())
+        .merge(monitor::router())
         .merge(openapi::router())
 }
 
@@ -81,8 +82,6 @@ pub fn router(state: AppState) -> Router {
     documented
         // Plain axum routers: served but NOT in the OpenAPI document until converted to
         // `OpenApiRouter` + `routes!` and merged into `api()` (tests/serving.rs fails on them).
-        .merge(monitor::router())
-        .merge(versions::router())
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(TimeoutLayer::with_status_code(

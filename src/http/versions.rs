@@ -10,35 +10,175 @@
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
-use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::Json;
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::{json, Value};
+use utoipa::ToSchema;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
+use super::openapi::ErrorBody;
 use super::{parse_json, ApiError, AppState};
 use crate::history::{self, At, HistoryError, HistoryFilter, ParametersAt};
 use crate::models;
 use crate::rollback::{self, RollbackOutcome, RollbackTarget};
 use crate::snapshots::{self, Snapshot, SnapshotPolicy};
 
-pub fn router() -> Router<AppState> {
-    Router::new()
-        .route(
-            "/v1/models/{model}/snapshots",
-            get(list_snapshots).post(create_snapshot),
-        )
-        .route(
-            "/v1/models/{model}/snapshots/{snapshot}",
-            get(show_snapshot).delete(delete_snapshot),
-        )
-        .route(
-            "/v1/models/{model}/snapshot-policy",
-            get(show_policy).put(set_policy),
-        )
-        .route("/v1/models/{model}/rollback", post(rollback))
-        .route("/v1/models/{model}/parameters", get(parameters))
-        .route("/v1/models/{model}/updates", get(updates))
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .routes(routes!(list_snapshots, create_snapshot))
+        .routes(routes!(show_snapshot, delete_snapshot))
+        .routes(routes!(show_policy, set_policy))
+        .routes(routes!(rollback))
+        .routes(routes!(parameters))
+        .routes(routes!(updates))
+}
+
+// ---- Documented shapes (mirrors of the library types, which stay free of utoipa) -------------
+
+/// A snapshot: a model's parameters and optimizer state at one version.
+#[derive(ToSchema)]
+#[schema(as = Snapshot)]
+#[allow(dead_code)]
+pub struct SnapshotDoc {
+    snapshot_id: uuid::Uuid,
+    model_id: uuid::Uuid,
+    model_version: i64,
+    label: Option<String>,
+    /// `manual` or `auto`.
+    kind: String,
+    parameter_count: i64,
+    examples_seen: i64,
+    #[schema(value_type = String, format = DateTime)]
+    created_at: String,
+}
+
+/// `GET /v1/models/{model}/snapshots`: oldest version first.
+#[derive(ToSchema)]
+#[schema(as = SnapshotList)]
+#[allow(dead_code)]
+pub struct SnapshotListDoc {
+    model_id: uuid::Uuid,
+    snapshots: Vec<SnapshotDoc>,
+}
+
+/// `POST /v1/models/{model}/snapshots` (an empty body is fine too).
+#[derive(ToSchema)]
+#[schema(as = CreateSnapshot)]
+#[allow(dead_code)]
+pub struct CreateSnapshotDoc {
+    /// Unique per model, 1..=200 characters, not a UUID.
+    label: Option<String>,
+}
+
+/// `DELETE /v1/models/{model}/snapshots/{snapshot}`.
+#[derive(ToSchema)]
+#[schema(as = DeletedSnapshot)]
+#[allow(dead_code)]
+pub struct DeletedSnapshotDoc {
+    deleted: SnapshotDoc,
+}
+
+/// Automatic snapshots: after every `every_versions` versions and/or every `every_minutes`
+/// minutes (counted from the newest snapshot), keeping the newest `keep` automatic ones. Null
+/// turns a part off; PUT replaces the whole policy.
+#[derive(ToSchema)]
+#[schema(as = SnapshotPolicy)]
+#[allow(dead_code)]
+pub struct SnapshotPolicyDoc {
+    every_versions: Option<i32>,
+    every_minutes: Option<i32>,
+    keep: Option<i32>,
+}
+
+/// `POST /v1/models/{model}/rollback`: exactly one of the two.
+#[derive(ToSchema)]
+#[schema(as = RollbackRequest)]
+#[allow(dead_code)]
+pub struct RollbackRequestDoc {
+    /// A version, 0..=current (earlier, or later than a previous rollback's target).
+    to_version: Option<i64>,
+    /// A snapshot's UUID or label.
+    snapshot: Option<String>,
+}
+
+/// What a rollback did: it is itself a new version.
+#[derive(ToSchema)]
+#[schema(as = RollbackOutcome)]
+#[allow(dead_code)]
+pub struct RollbackOutcomeDoc {
+    model_id: uuid::Uuid,
+    /// The new version.
+    version: i64,
+    previous_version: i64,
+    rolled_back_to: i64,
+    snapshot_id: Option<uuid::Uuid>,
+    /// Parameters whose state changed (one history row each).
+    parameters_changed: i64,
+    /// Of those, the ones that did not exist at the target, set to their initial state.
+    parameters_zeroed: i64,
+    examples_seen: i64,
+    /// `incremental-indexed`, `incremental-hashed` or `full`.
+    plan: String,
+}
+
+/// One parameter at a version.
+#[derive(ToSchema)]
+#[schema(as = ParameterAt)]
+#[allow(dead_code)]
+pub struct ParameterAtDoc {
+    parameter_id: String,
+    value: f64,
+    opt_m: f64,
+    opt_v: f64,
+    update_count: i64,
+    feature_mean: f64,
+    feature_m2: f64,
+    last_changed_version: i64,
+}
+
+/// `GET /v1/models/{model}/parameters`: every parameter at one version.
+#[derive(ToSchema)]
+#[schema(as = ParametersAt)]
+#[allow(dead_code)]
+pub struct ParametersAtDoc {
+    model_id: uuid::Uuid,
+    version: i64,
+    parameters: Vec<ParameterAtDoc>,
+}
+
+/// One history row.
+#[derive(ToSchema)]
+#[schema(as = ParameterUpdate)]
+#[allow(dead_code)]
+pub struct UpdateRowDoc {
+    model_version: i64,
+    parameter_id: String,
+    old_value: Option<f64>,
+    new_value: f64,
+    /// `gradient`, `rollback`, ...
+    update_type: String,
+    learning_rate: Option<f64>,
+    source: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    timestamp: String,
+    opt_m: f64,
+    opt_v: f64,
+    update_count: i64,
+    feature_mean: f64,
+    feature_m2: f64,
+    #[schema(value_type = Option<Object>)]
+    metadata: Option<serde_json::Value>,
+}
+
+/// `GET /v1/models/{model}/updates`: newest first.
+#[derive(ToSchema)]
+#[schema(as = ParameterUpdates)]
+#[allow(dead_code)]
+pub struct UpdatesDoc {
+    model_id: uuid::Uuid,
+    updates: Vec<UpdateRowDoc>,
 }
 
 impl From<HistoryError> for ApiError {
@@ -115,6 +255,21 @@ struct CreateSnapshot {
     label: Option<String>,
 }
 
+/// Snapshots the model's current version (parameters and optimizer state, copied inside
+/// PostgreSQL).
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/snapshots",
+    tag = "versions",
+    params(("model" = String, Path, description = "The model's UUID or name")),
+    request_body = CreateSnapshotDoc,
+    responses(
+        (status = 201, description = "Created", body = SnapshotDoc),
+        (status = 400, description = "Bad label or body", body = ErrorBody),
+        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 409, description = "The label is taken", body = ErrorBody),
+    )
+)]
 async fn create_snapshot(
     State(state): State<AppState>,
     Path(model): Path<String>,
@@ -129,6 +284,17 @@ async fn create_snapshot(
     Ok((StatusCode::CREATED, Json(snapshot)))
 }
 
+/// The model's snapshots, oldest version first.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}/snapshots",
+    tag = "versions",
+    params(("model" = String, Path, description = "The model's UUID or name")),
+    responses(
+        (status = 200, description = "The snapshots", body = SnapshotListDoc),
+        (status = 404, description = "No such model", body = ErrorBody),
+    )
+)]
 async fn list_snapshots(
     State(state): State<AppState>,
     Path(model): Path<String>,
@@ -138,6 +304,17 @@ async fn list_snapshots(
     Ok(Json(json!({"model_id": model_id, "snapshots": list})))
 }
 
+/// One snapshot, by UUID or label.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}/snapshots/{snapshot}",
+    tag = "versions",
+    params(("model" = String, Path, description = "The model's UUID or name"), ("snapshot" = String, Path, description = "The snapshot's UUID or label")),
+    responses(
+        (status = 200, description = "The snapshot", body = SnapshotDoc),
+        (status = 404, description = "No such model or snapshot", body = ErrorBody),
+    )
+)]
 async fn show_snapshot(
     State(state): State<AppState>,
     Path((model, snapshot)): Path<(String, String)>,
@@ -148,6 +325,19 @@ async fn show_snapshot(
     ))
 }
 
+/// Deletes a snapshot and its parameters.
+#[utoipa::path(
+    delete,
+    path = "/v1/models/{model}/snapshots/{snapshot}",
+    tag = "versions",
+    params(("model" = String, Path, description = "The model's UUID or name"), ("snapshot" = String, Path, description = "The snapshot's UUID or label")),
+    responses(
+        (status = 200, description = "Deleted", body = DeletedSnapshotDoc),
+        (status = 404, description = "No such model or snapshot", body = ErrorBody),
+        (status = 409, description = "The retained history starts at this snapshot (after a \
+                                     prune)", body = ErrorBody),
+    )
+)]
 async fn delete_snapshot(
     State(state): State<AppState>,
     Path((model, snapshot)): Path<(String, String)>,
@@ -157,6 +347,17 @@ async fn delete_snapshot(
     Ok(Json(json!({"deleted": deleted})))
 }
 
+/// The model's automatic snapshot policy.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}/snapshot-policy",
+    tag = "versions",
+    params(("model" = String, Path, description = "The model's UUID or name")),
+    responses(
+        (status = 200, description = "The policy", body = SnapshotPolicyDoc),
+        (status = 404, description = "No such model", body = ErrorBody),
+    )
+)]
 async fn show_policy(
     State(state): State<AppState>,
     Path(model): Path<String>,
@@ -165,6 +366,19 @@ async fn show_policy(
     Ok(Json(snapshots::policy(&state.pool, model_id).await?))
 }
 
+/// Replaces the model's automatic snapshot policy.
+#[utoipa::path(
+    put,
+    path = "/v1/models/{model}/snapshot-policy",
+    tag = "versions",
+    params(("model" = String, Path, description = "The model's UUID or name")),
+    request_body = SnapshotPolicyDoc,
+    responses(
+        (status = 200, description = "The new policy", body = SnapshotPolicyDoc),
+        (status = 400, description = "A value below 1, or a bad body", body = ErrorBody),
+        (status = 404, description = "No such model", body = ErrorBody),
+    )
+)]
 async fn set_policy(
     State(state): State<AppState>,
     Path(model): Path<String>,
@@ -186,6 +400,23 @@ struct RollbackRequest {
     snapshot: Option<String>,
 }
 
+/// Makes the parameters, optimizer state and example count those of an earlier (or later)
+/// version, as a new version with one `rollback` history row per changed parameter. Parameters
+/// that did not exist then are set to their initial state. Waits for a worker batch in progress.
+#[utoipa::path(
+    post,
+    path = "/v1/models/{model}/rollback",
+    tag = "versions",
+    params(("model" = String, Path, description = "The model's UUID or name")),
+    request_body = RollbackRequestDoc,
+    responses(
+        (status = 200, description = "Rolled back: the new version", body = RollbackOutcomeDoc),
+        (status = 400, description = "Not exactly one of to_version and snapshot, or a bad \
+                                     body", body = ErrorBody),
+        (status = 404, description = "No such model, version or snapshot", body = ErrorBody),
+        (status = 410, description = "The version's history was pruned", body = ErrorBody),
+    )
+)]
 async fn rollback(
     State(state): State<AppState>,
     Path(model): Path<String>,
@@ -208,6 +439,24 @@ async fn rollback(
     ))
 }
 
+/// Every parameter (value and optimizer state) at the current version, at `version`, or at the
+/// version current at time `at`, from one consistent state: the nearest snapshot plus history.
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}/parameters",
+    tag = "versions",
+    params(
+        ("model" = String, Path, description = "The model's UUID or name"),
+        ("version" = Option<i64>, Query, description = "A version, 0..=current"),
+        ("at" = Option<String>, Query, description = "A time (RFC 3339): the version current then"),
+    ),
+    responses(
+        (status = 200, description = "The parameters", body = ParametersAtDoc),
+        (status = 400, description = "A bad query parameter (named in the message)", body = ErrorBody),
+        (status = 404, description = "No such model, or a version beyond the current one", body = ErrorBody),
+        (status = 410, description = "The version's history was pruned", body = ErrorBody),
+    )
+)]
 async fn parameters(
     State(state): State<AppState>,
     Path(model): Path<String>,
@@ -228,6 +477,24 @@ async fn parameters(
     ))
 }
 
+/// The model's update history, newest first (by version, then parameter).
+#[utoipa::path(
+    get,
+    path = "/v1/models/{model}/updates",
+    tag = "versions",
+    params(
+        ("model" = String, Path, description = "The model's UUID or name"),
+        ("parameter" = Option<String>, Query, description = "Only this parameter"),
+        ("since" = Option<String>, Query, description = "Rows at or after this time (RFC 3339)"),
+        ("until" = Option<String>, Query, description = "Rows before this time (RFC 3339)"),
+        ("limit" = Option<i64>, Query, description = "At most this many rows (1..=100000, default 1000)"),
+    ),
+    responses(
+        (status = 200, description = "The rows", body = UpdatesDoc),
+        (status = 400, description = "A bad query parameter (named in the message)", body = ErrorBody),
+        (status = 404, description = "No such model", body = ErrorBody),
+    )
+)]
 async fn updates(
     State(state): State<AppState>,
     Path(model): Path<String>,
