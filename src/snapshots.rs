@@ -234,7 +234,8 @@ pub async fn delete(pool: &PgPool, model_id: Uuid, key: &str) -> Result<Snapshot
 
 /// A model's automatic snapshot policy: a snapshot after a version that is `every_versions` past
 /// the newest snapshot, or `every_minutes` after the newest snapshot (or the model's creation);
-/// keep only the newest `keep` automatic ones. All None: off.
+/// keep only the newest `keep` of the policy's snapshots (manual and labelled ones are never
+/// trimmed). All None: off.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SnapshotPolicy {
@@ -350,12 +351,14 @@ pub async fn maybe_auto_snapshot(
     let pruned_through: i64 = row.try_get("history_pruned_through")?;
     let snapshot = create_in_tx(conn, model_id, version, examples_seen, None, "auto").await?;
     if let Some(keep) = keep {
-        // Never the floor of pruned history; skip snapshots a prune or delete holds right now.
+        // Only the policy's own (unlabelled) snapshots, never the floor of pruned history, and
+        // not those a prune or delete holds right now. Labelled automatic snapshots (the
+        // worker's guard takes one before a drift adaptation) are kept.
         let trimmed = sqlx::query(
             "WITH gone AS (
                  DELETE FROM snapshots WHERE model_id = $1 AND snapshot_id IN (
                      SELECT snapshot_id FROM snapshots
-                     WHERE model_id = $1 AND kind = 'auto'
+                     WHERE model_id = $1 AND kind = 'auto' AND label IS NULL
                        AND NOT ($3 > 0 AND model_version = $3)
                      ORDER BY model_version DESC, created_at DESC, snapshot_id
                      OFFSET $2

@@ -850,22 +850,36 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
     // A manual snapshot is never trimmed, and resets the count.
     let manual = snapshots::create(pool, id, Some("mine")).await.unwrap();
     assert_eq!(manual.model_version, 10);
+    // Nor is a labelled automatic one (the worker's guard takes those before an adaptation).
+    let mut tx = pool.begin().await.unwrap();
+    snapshots::create_in_tx(
+        &mut tx,
+        id,
+        10,
+        200,
+        Some("auto-before-adaptation-v11"),
+        "auto",
+    )
+    .await
+    .unwrap();
+    tx.commit().await.unwrap();
     // A rollback is a version too: 11 (no snapshot: 1 past the manual one).
     rollback_to(pool, id, RollbackTarget::Version(5)).await;
     insert_stream(pool, id, &rows[200..260]).await;
     step_all(pool, id, 20, &mut recorded).await; // 12, 13 (snapshot), 14
-    let versions: Vec<(i64, String)> = snapshots::list(pool, id)
+    let versions: Vec<(i64, String, bool)> = snapshots::list(pool, id)
         .await
         .unwrap()
         .into_iter()
-        .map(|s| (s.model_version, s.kind))
+        .map(|s| (s.model_version, s.kind, s.label.is_some()))
         .collect();
     assert_eq!(
         versions,
         vec![
-            (9, "auto".into()),
-            (10, "manual".into()),
-            (13, "auto".into())
+            (9, "auto".into(), false),
+            (10, "manual".into(), true),
+            (10, "auto".into(), true),
+            (13, "auto".into(), false)
         ]
     );
 
@@ -878,7 +892,7 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
     snapshots::set_policy(pool, id, &policy).await.unwrap();
     insert_stream(pool, id, &rows[260..280]).await;
     step_all(pool, id, 20, &mut recorded).await; // 15: not due
-    assert_eq!(snapshots::list(pool, id).await.unwrap().len(), 3);
+    assert_eq!(snapshots::list(pool, id).await.unwrap().len(), 4);
     sqlx::query(
         "UPDATE snapshots SET created_at = created_at - interval '31 minutes' WHERE model_id = $1",
     )
@@ -894,7 +908,7 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
         .iter()
         .map(|s| s.model_version)
         .collect();
-    assert_eq!(versions, vec![9, 10, 13, 16]);
+    assert_eq!(versions, vec![9, 10, 10, 13, 16]);
     assert_eq!(
         orphaned_snapshot_rows(pool).await,
         0,
