@@ -23,7 +23,11 @@ fn config(optimizer: OptimizerKind, learning_rate: f64) -> LearnerConfig {
         optimizer,
         learning_rate,
         l2: 1e-4,
-        l1: if optimizer == OptimizerKind::Ftrl { 1e-3 } else { 0.0 },
+        l1: if optimizer == OptimizerKind::Ftrl {
+            1e-3
+        } else {
+            0.0
+        },
         ..LearnerConfig::default()
     }
 }
@@ -34,7 +38,10 @@ async fn stream_through_postgres_equals_learner_in_memory_for_every_optimizer() 
     let linear_rows = seed_stream();
     let logistic_rows = sparse_stream(1_500, 6, 40, true, 7);
     for (optimizer, rate) in OPTIMIZERS {
-        for (kind, rows) in [(ModelKind::Linear, &linear_rows), (ModelKind::Logistic, &logistic_rows)] {
+        for (kind, rows) in [
+            (ModelKind::Linear, &linear_rows),
+            (ModelKind::Logistic, &logistic_rows),
+        ] {
             let name = format!("{optimizer}-{kind}");
             let model = create_model(&db.pool, &name, kind, config(optimizer, rate)).await;
             insert_stream(&db.pool, model.model_id, rows).await;
@@ -44,7 +51,11 @@ async fn stream_through_postgres_equals_learner_in_memory_for_every_optimizer() 
             let expected = learn_in_memory(&model, rows);
             assert_params_equal(&db.pool, model.model_id, &expected).await;
             let version = assert_linear_history(&db.pool, model.model_id).await;
-            assert_eq!(version, rows.len().div_ceil(97) as i64, "{name}: one version per batch");
+            assert_eq!(
+                version,
+                rows.len().div_ceil(97) as i64,
+                "{name}: one version per batch"
+            );
         }
     }
 }
@@ -53,7 +64,13 @@ async fn stream_through_postgres_equals_learner_in_memory_for_every_optimizer() 
 async fn learns_seed_stream_and_separable_stream_with_defaults() {
     let db = TestDb::new().await;
     let rows = seed_stream();
-    let linear = create_model(&db.pool, "seed", ModelKind::Linear, LearnerConfig::default()).await;
+    let linear = create_model(
+        &db.pool,
+        "seed",
+        ModelKind::Linear,
+        LearnerConfig::default(),
+    )
+    .await;
     insert_stream(&db.pool, linear.model_id, &rows).await;
     drain(&db.pool, 100).await;
     // Prequential loss: each example's squared error before it was learned, summed per version.
@@ -68,7 +85,10 @@ async fn learns_seed_stream_and_separable_stream_with_defaults() {
     .unwrap();
     assert_eq!(examples, 500);
     let mse = loss / examples as f64;
-    assert!(mse < 0.1, "prequential MSE over the last 500 examples: {mse}");
+    assert!(
+        mse < 0.1,
+        "prequential MSE over the last 500 examples: {mse}"
+    );
 
     // Separable, unscaled logistic stream.
     let mut rng = rand::rngs::StdRng::seed_from_u64(11);
@@ -76,11 +96,21 @@ async fn learns_seed_stream_and_separable_stream_with_defaults() {
         .map(|_| {
             let a: f64 = rng.gen_range(-15.0..15.0);
             let b: f64 = rng.gen_range(-10.0..10.0);
-            let label = if 2.0 * a - 3.0 * b + 0.5 > 0.0 { 1.0 } else { 0.0 };
+            let label = if 2.0 * a - 3.0 * b + 0.5 > 0.0 {
+                1.0
+            } else {
+                0.0
+            };
             (vec![("a".to_string(), a), ("b".to_string(), b)], label)
         })
         .collect();
-    let logistic = create_model(&db.pool, "sep", ModelKind::Logistic, LearnerConfig::default()).await;
+    let logistic = create_model(
+        &db.pool,
+        "sep",
+        ModelKind::Logistic,
+        LearnerConfig::default(),
+    )
+    .await;
     insert_stream(&db.pool, logistic.model_id, &rows).await;
     drain(&db.pool, 100).await;
     let (examples, correct): (i64, i64) = sqlx::query_as(
@@ -98,18 +128,58 @@ async fn learns_seed_stream_and_separable_stream_with_defaults() {
 #[tokio::test]
 async fn poison_rows_are_dead_lettered_and_the_batch_is_applied() {
     let db = TestDb::new().await;
-    let model = create_model(&db.pool, "clf", ModelKind::Logistic, LearnerConfig::default()).await;
+    let model = create_model(
+        &db.pool,
+        "clf",
+        ModelKind::Logistic,
+        LearnerConfig::default(),
+    )
+    .await;
     let id = model.model_id;
-    let good = |i: i32| format!("('{id}', 'good-{i}', 'explicit', {}, 1.0, '{{\"features\": {{\"a\": {i}}}}}')", i % 2);
+    let good = |i: i32| {
+        format!(
+            "('{id}', 'good-{i}', 'explicit', {}, 1.0, '{{\"features\": {{\"a\": {i}}}}}')",
+            i % 2
+        )
+    };
     let poison: [(&str, &str); 8] = [
-        (&format!("('{id}', 'p1', 'explicit', 1, 1.0, '{{\"features\": {{\"a\": \"x\"}}}}')"), "not a number"),
-        (&format!("('{id}', 'p2', 'explicit', 'NaN', 1.0, '{{\"features\": {{\"a\": 1}}}}')"), "NaN"),
-        (&format!("('{id}', 'p3', 'explicit', 'Infinity', 1.0, '{{\"features\": {{\"a\": 1}}}}')"), "inf"),
-        (&format!("('{id}', 'p4', 'explicit', 2.0, 1.0, '{{\"features\": {{\"a\": 1}}}}')"), "between 0 and 1"),
-        (&format!("('{}', 'p5', 'explicit', 1, 1.0, '{{\"features\": {{\"a\": 1}}}}')", uuid::Uuid::new_v4()), "unknown model"),
-        (&format!("('{id}', 'p6', 'explicit', 1, 1.0, '{{}}')"), "no features"),
-        (&format!("('{id}', 'p7', 'explicit', 1, 1.0, '{{\"features\": [1, 2]}}')"), "not an object"),
-        (&format!("('{id}', 'p8', 'explicit', 1, 'NaN', '{{\"features\": {{\"a\": 1}}}}')"), "confidence"),
+        (
+            &format!("('{id}', 'p1', 'explicit', 1, 1.0, '{{\"features\": {{\"a\": \"x\"}}}}')"),
+            "not a number",
+        ),
+        (
+            &format!("('{id}', 'p2', 'explicit', 'NaN', 1.0, '{{\"features\": {{\"a\": 1}}}}')"),
+            "NaN",
+        ),
+        (
+            &format!(
+                "('{id}', 'p3', 'explicit', 'Infinity', 1.0, '{{\"features\": {{\"a\": 1}}}}')"
+            ),
+            "inf",
+        ),
+        (
+            &format!("('{id}', 'p4', 'explicit', 2.0, 1.0, '{{\"features\": {{\"a\": 1}}}}')"),
+            "between 0 and 1",
+        ),
+        (
+            &format!(
+                "('{}', 'p5', 'explicit', 1, 1.0, '{{\"features\": {{\"a\": 1}}}}')",
+                uuid::Uuid::new_v4()
+            ),
+            "unknown model",
+        ),
+        (
+            &format!("('{id}', 'p6', 'explicit', 1, 1.0, '{{}}')"),
+            "no features",
+        ),
+        (
+            &format!("('{id}', 'p7', 'explicit', 1, 1.0, '{{\"features\": [1, 2]}}')"),
+            "not an object",
+        ),
+        (
+            &format!("('{id}', 'p8', 'explicit', 1, 'NaN', '{{\"features\": {{\"a\": 1}}}}')"),
+            "confidence",
+        ),
     ];
     let mut values: Vec<String> = Vec::new();
     for i in 0..10 {
@@ -137,29 +207,45 @@ async fn poison_rows_are_dead_lettered_and_the_batch_is_applied() {
     .unwrap();
     assert_eq!(dead.len(), 8);
     for ((entity, reason, processed), (_, needle)) in dead.iter().zip(poison.iter()) {
-        assert!(reason.contains(needle), "{entity}: reason {reason:?} should mention {needle}");
-        assert!(!processed, "{entity}: a dead-lettered event stays unprocessed");
+        assert!(
+            reason.contains(needle),
+            "{entity}: reason {reason:?} should mention {needle}"
+        );
+        assert!(
+            !processed,
+            "{entity}: a dead-lettered event stays unprocessed"
+        );
     }
-    let (version, seen): (i64, i64) = sqlx::query_as("SELECT version, examples_seen FROM models WHERE model_id = $1")
-        .bind(id)
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let (version, seen): (i64, i64) =
+        sqlx::query_as("SELECT version, examples_seen FROM models WHERE model_id = $1")
+            .bind(id)
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!((version, seen), (1, 10));
-    let pending: i64 = sqlx::query_scalar("SELECT count(*) FROM feedback_queue WHERE status = 'pending'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let pending: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM feedback_queue WHERE status = 'pending'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(pending, 0, "the queue kept draining");
     // The applied batch equals the learner over the good rows alone.
-    let rows: Vec<Row> = (0..10).map(|i| (vec![("a".to_string(), i as f64)], (i % 2) as f64)).collect();
+    let rows: Vec<Row> = (0..10)
+        .map(|i| (vec![("a".to_string(), i as f64)], (i % 2) as f64))
+        .collect();
     assert_params_equal(&db.pool, id, &learn_in_memory(&model, &rows)).await;
 }
 
 #[tokio::test]
 async fn delayed_labels_train_on_the_latest_logged_prediction() {
     let db = TestDb::new().await;
-    let model = create_model(&db.pool, "delayed", ModelKind::Logistic, LearnerConfig::default()).await;
+    let model = create_model(
+        &db.pool,
+        "delayed",
+        ModelKind::Logistic,
+        LearnerConfig::default(),
+    )
+    .await;
     let id = model.model_id;
     sqlx::query(
         "INSERT INTO prediction_log (model_id, entity_id, features, prediction, model_version) VALUES
@@ -181,16 +267,24 @@ async fn delayed_labels_train_on_the_latest_logged_prediction() {
     .await
     .unwrap();
     let stats = drain(&db.pool, 100).await;
-    assert_eq!((stats.examples, stats.dead), (2, 1), "u3 has no logged prediction");
+    assert_eq!(
+        (stats.examples, stats.dead),
+        (2, 1),
+        "u3 has no logged prediction"
+    );
     let rows: Vec<Row> = vec![
-        (vec![("amount".into(), 3.5), ("country=US".into(), 1.0)], 1.0),
+        (
+            vec![("amount".into(), 3.5), ("country=US".into(), 1.0)],
+            1.0,
+        ),
         (vec![("amount".into(), -1.0)], 0.0),
     ];
     assert_params_equal(&db.pool, id, &learn_in_memory(&model, &rows)).await;
-    let reason: String = sqlx::query_scalar("SELECT dead_reason FROM feedback_queue WHERE status = 'dead'")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let reason: String =
+        sqlx::query_scalar("SELECT dead_reason FROM feedback_queue WHERE status = 'dead'")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert!(reason.contains("u3"), "{reason}");
 }
 
@@ -198,9 +292,16 @@ async fn delayed_labels_train_on_the_latest_logged_prediction() {
 async fn four_workers_over_three_models_keep_lines_and_match_a_single_worker() {
     let db = TestDb::new().await;
     let mut models = Vec::new();
-    for (i, optimizer) in [OptimizerKind::Adam, OptimizerKind::Sgd, OptimizerKind::Ftrl].into_iter().enumerate() {
+    for (i, optimizer) in [OptimizerKind::Adam, OptimizerKind::Sgd, OptimizerKind::Ftrl]
+        .into_iter()
+        .enumerate()
+    {
         let rate = OPTIMIZERS.iter().find(|o| o.0 == optimizer).unwrap().1;
-        let kind = if i == 1 { ModelKind::Linear } else { ModelKind::Logistic };
+        let kind = if i == 1 {
+            ModelKind::Linear
+        } else {
+            ModelKind::Logistic
+        };
         let model = create_model(&db.pool, &format!("m{i}"), kind, config(optimizer, rate)).await;
         let rows = sparse_stream(3_000, 8, 200, kind == ModelKind::Logistic, 100 + i as u64);
         insert_stream(&db.pool, model.model_id, &rows).await;
@@ -216,7 +317,10 @@ async fn four_workers_over_three_models_keep_lines_and_match_a_single_worker() {
                     until_empty: true,
                     ..Default::default()
                 };
-                olps::worker::Worker::new(pool, config).run(CancellationToken::new()).await.unwrap()
+                olps::worker::Worker::new(pool, config)
+                    .run(CancellationToken::new())
+                    .await
+                    .unwrap()
             })
         })
         .collect();
@@ -233,10 +337,11 @@ async fn four_workers_over_three_models_keep_lines_and_match_a_single_worker() {
         assert_linear_history(&db.pool, model.model_id).await;
         assert_params_equal(&db.pool, model.model_id, &learn_in_memory(model, rows)).await;
     }
-    let unprocessed: i64 = sqlx::query_scalar("SELECT count(*) FROM feedback_events WHERE NOT processed")
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+    let unprocessed: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM feedback_events WHERE NOT processed")
+            .fetch_one(&db.pool)
+            .await
+            .unwrap();
     assert_eq!(unprocessed, 0);
 }
 
@@ -297,7 +402,11 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     .fetch_one(&db.pool)
     .await
     .unwrap();
-    assert_eq!((queue, versioned), (0, 20_000), "no queue rows left; each event counted once");
+    assert_eq!(
+        (queue, versioned),
+        (0, 20_000),
+        "no queue rows left; each event counted once"
+    );
     // Each event applied by exactly one version, and the versions are a line.
     let unattributed: i64 = sqlx::query_scalar(
         "SELECT count(*) FROM feedback_events e LEFT JOIN model_versions v
