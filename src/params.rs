@@ -18,10 +18,12 @@ pub struct ParamChange {
     pub learning_rate: Option<f64>,
 }
 
-const STATE_COLUMNS: &str =
+/// The columns [`state_from_row`] reads, in its order.
+pub const STATE_COLUMNS: &str =
     "parameter_id, current_value, opt_m, opt_v, update_count, feature_mean, feature_m2";
 
-fn state_from_row(row: &sqlx::postgres::PgRow) -> Result<(String, ParamState), sqlx::Error> {
+/// A parameter's name and learner state from a row selecting [`STATE_COLUMNS`].
+pub fn state_from_row(row: &sqlx::postgres::PgRow) -> Result<(String, ParamState), sqlx::Error> {
     Ok((
         row.try_get(0)?,
         ParamState {

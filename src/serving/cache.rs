@@ -19,7 +19,7 @@ use std::time::Instant;
 
 use arc_swap::ArcSwap;
 use prometheus::IntCounter;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{PgConnection, PgPool};
 use uuid::Uuid;
 
 use crate::learner::{Learner, ParamState};
@@ -88,22 +88,7 @@ pub struct ModelCache {
     names: RwLock<HashMap<String, Uuid>>,
 }
 
-const STATE_COLUMNS: &str =
-    "parameter_id, current_value, opt_m, opt_v, update_count, feature_mean, feature_m2";
-
-fn state_from_row(row: &sqlx::postgres::PgRow) -> Result<(String, ParamState), sqlx::Error> {
-    Ok((
-        row.try_get(0)?,
-        ParamState {
-            value: row.try_get(1)?,
-            m: row.try_get(2)?,
-            v: row.try_get(3)?,
-            count: row.try_get(4)?,
-            mean: row.try_get(5)?,
-            m2: row.try_get(6)?,
-        },
-    ))
-}
+use crate::params::{state_from_row, STATE_COLUMNS};
 
 /// A read-only transaction whose statements all see one snapshot.
 async fn snapshot(
