@@ -216,7 +216,9 @@ fn current_columns(p: &str) -> String {
 /// The hashed form relies on `model_parameters.version` being the version of the parameter's
 /// latest history row (every writer keeps it so; `assert_linear_history` checks it).
 pub(crate) fn changed_and_target(lookup: Lookup) -> String {
-    let (changed, history, join, current, alias) = match lookup {
+    // The indexed form probes each changed parameter (LATERAL ... LIMIT 1 keeps the planner from
+    // turning the probes into hash joins over whole tables); the hashed form joins whole sets.
+    let (changed, history, joins, alias) = match lookup {
         Lookup::Hashed => (
             "SELECT p.* FROM model_parameters p
         WHERE p.model_id = $1 AND p.version > $2",
@@ -229,8 +231,9 @@ pub(crate) fn changed_and_target(lookup: Lookup) -> String {
         WHERE u.model_id = $1 AND u.model_version > $3 AND u.model_version <= $2
         ORDER BY u.parameter_id, u.model_version DESC
     ),",
-            "LEFT JOIN hist h ON h.parameter_id = c.parameter_id",
-            "",
+            "LEFT JOIN hist h ON h.parameter_id = c.parameter_id
+        LEFT JOIN snapshot_parameters s
+            ON s.model_id = $1 AND s.snapshot_id = $4::uuid AND s.parameter_id = c.parameter_id",
             "c",
         ),
         Lookup::Indexed | Lookup::Auto => (
@@ -245,8 +248,17 @@ pub(crate) fn changed_and_target(lookup: Lookup) -> String {
               AND u.model_version > $3 AND u.model_version <= $2
             ORDER BY u.model_version DESC
             LIMIT 1
-        ) h ON TRUE",
-            "LEFT JOIN model_parameters p ON p.model_id = $1 AND p.parameter_id = c.parameter_id",
+        ) h ON TRUE
+        LEFT JOIN LATERAL (
+            SELECT * FROM snapshot_parameters s
+            WHERE s.model_id = $1 AND s.snapshot_id = $4::uuid AND s.parameter_id = c.parameter_id
+            LIMIT 1
+        ) s ON TRUE
+        LEFT JOIN LATERAL (
+            SELECT * FROM model_parameters p
+            WHERE p.model_id = $1 AND p.parameter_id = c.parameter_id
+            LIMIT 1
+        ) p ON TRUE",
             "p",
         ),
     };
@@ -268,10 +280,7 @@ pub(crate) fn changed_and_target(lookup: Lookup) -> String {
                coalesce(h.model_version, s.last_version) AS last_version,
                {current_columns}
         FROM changed c
-        {join}
-        LEFT JOIN snapshot_parameters s
-            ON s.model_id = $1 AND s.snapshot_id = $4::uuid AND s.parameter_id = c.parameter_id
-        {current}
+        {joins}
     )"
     )
 }
@@ -880,6 +889,10 @@ pub struct TimeTravelTimings {
     pub read_history_version_ms: f64,
     /// Point-in-time read of the current version.
     pub read_current_ms: f64,
+    /// Point-in-time read of version 3, one version back (1% of the parameters changed since).
+    pub read_previous_version_ms: f64,
+    /// Rollback of the last version (1% of the parameters differ), the common "undo" case.
+    pub rollback_last_version_ms: f64,
     /// Rollback to the snapshot (every parameter differs).
     pub rollback_to_snapshot_ms: f64,
     /// Rollback to version 1, rebuilt from history (every parameter differs).
@@ -979,6 +992,15 @@ pub async fn measure_time_travel(
     let t = Instant::now();
     parameters_at(pool, id, At::Version(current)).await?;
     let read_current_ms = ms(t);
+    let t = Instant::now();
+    parameters_at(pool, id, At::Version(current - 1)).await?;
+    let read_previous_version_ms = ms(t);
+
+    // Undo the last version (a rollback to 3), then return to 4, untimed.
+    let t = Instant::now();
+    rollback(pool, id, &RollbackTarget::Version(current - 1)).await?;
+    let rollback_last_version_ms = ms(t);
+    rollback(pool, id, &RollbackTarget::Version(current)).await?;
 
     let t = Instant::now();
     rollback(
@@ -1001,6 +1023,8 @@ pub async fn measure_time_travel(
         read_snapshot_version_ms,
         read_history_version_ms,
         read_current_ms,
+        read_previous_version_ms,
+        rollback_last_version_ms,
         rollback_to_snapshot_ms,
         rollback_from_history_ms,
         roll_forward_ms,
