@@ -442,3 +442,46 @@ async fn metrics_endpoint_serves_the_loss_series_and_drift_events() {
         .await;
     assert_eq!((status, body["resumed"].as_bool()), (200, Some(false)));
 }
+
+/// Why ADWIN alone is the default: Page-Hinkley's threshold is in loss units and fires all the
+/// time on an unscaled squared loss; ADWIN's variance-based cut stays quiet on the same streams.
+#[test]
+fn default_detector_stays_quiet_on_stationary_sparse_streams_where_page_hinkley_does_not() {
+    let mut default_alarms = 0;
+    let mut ph_alarms = 0;
+    for (kind, rows) in [
+        (
+            ModelKind::Linear,
+            sparse_stream(20_000, 10, 10_000, false, 1),
+        ),
+        (
+            ModelKind::Logistic,
+            sparse_stream(20_000, 10, 10_000, true, 2),
+        ),
+        (ModelKind::Linear, sparse_stream(20_000, 8, 200, false, 3)),
+    ] {
+        let defaults = LearnerConfig {
+            drift: DriftConfig {
+                adaptation: Adaptation::None,
+                ..DriftConfig::default()
+            },
+            ..LearnerConfig::default()
+        };
+        default_alarms += run(kind, defaults, &rows).detections.len();
+        let ph = with(
+            OptimizerKind::Sgd,
+            0.02,
+            DetectorKind::PageHinkley,
+            Adaptation::None,
+        );
+        ph_alarms += run(kind, ph, &rows).detections.len();
+    }
+    assert!(
+        default_alarms <= 10,
+        "{default_alarms} false alarms in 60,000 stationary examples"
+    );
+    assert!(
+        ph_alarms > 100,
+        "Page-Hinkley with published defaults: {ph_alarms}"
+    );
+}
