@@ -119,9 +119,7 @@ pub async fn bare_batch(
         return Ok(None);
     }
     // Plan-stable like the worker (see `worker::queue::claim`).
-    sqlx::query("SET LOCAL plan_cache_mode = force_generic_plan")
-        .execute(&mut *tx)
-        .await?;
+    crate::worker::queue::plan_for_any_statistics(&mut tx).await?;
     let row = sqlx::query(BARE_BATCH_SQL)
         .bind(model)
         .bind(batch)
@@ -352,7 +350,8 @@ async fn case_on(
                     cancel.cancel();
                     bail!("{what}: a drain task panicked: {e}");
                 }
-                Some(Ok(Ok(()))) | None => {}
+                Some(Ok(Ok(()))) => {}
+                None => break (&mut wait).await?,
             }
         }
     };
