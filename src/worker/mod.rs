@@ -109,14 +109,19 @@ impl Worker {
     pub async fn run_batch(&mut self, model_id: Uuid) -> Result<BatchOutcome, WorkerError> {
         let started = Instant::now();
         let mut tx = self.pool.begin().await?;
+        // Early returns end the transaction explicitly: a dropped one is rolled back only when
+        // its pooled connection is next used, and would hold the model's lock until then.
         let Some(model) = models::lock(&mut tx, model_id, true).await? else {
+            tx.rollback().await?;
             return Ok(BatchOutcome::Skipped);
         };
         if model.status != "active" {
+            tx.rollback().await?;
             return Ok(BatchOutcome::Skipped);
         }
         let rows = queue::claim(&mut tx, model_id, self.config.batch_size).await?;
         if rows.is_empty() {
+            tx.rollback().await?;
             return Ok(BatchOutcome::Empty);
         }
 
