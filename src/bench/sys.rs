@@ -59,7 +59,7 @@ impl Machine {
             .await
             .unwrap_or_else(|_| "unknown".into());
         let settings: Vec<(String, String)> = sqlx::query_as(
-            "SELECT name, setting || coalesce(unit, '') FROM pg_settings
+            "SELECT name, current_setting(name) FROM pg_settings
              WHERE name IN ('synchronous_commit', 'fsync', 'wal_sync_method', 'shared_buffers',
                             'max_wal_size', 'full_page_writes', 'wal_level', 'commit_delay')
              ORDER BY name",
