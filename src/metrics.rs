@@ -36,7 +36,7 @@ use prometheus::{
     CounterVec, Encoder, GaugeVec, HistogramOpts, HistogramVec, IntCounter, IntCounterVec,
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
@@ -286,7 +286,7 @@ async fn database_gauges(pool: &PgPool) -> Result<Registry, sqlx::Error> {
         "Mean prequential loss of the latest learned version",
     );
 
-    let rows = sqlx::query(
+    let rows: Vec<(String, i64, i64, f64)> = sqlx::query_as(
         "SELECT coalesce(m.name, q.model_id::text), q.pending, q.dead,
                 coalesce(extract(epoch FROM now() - q.oldest)::float8, 0)
          FROM (SELECT model_id,
@@ -298,17 +298,12 @@ async fn database_gauges(pool: &PgPool) -> Result<Registry, sqlx::Error> {
     )
     .fetch_all(pool)
     .await?;
-    for row in &rows {
-        let model: String = row.try_get(0)?;
-        depth
-            .with_label_values(&[&model])
-            .set(row.try_get::<i64, _>(1)? as f64);
-        dead.with_label_values(&[&model])
-            .set(row.try_get::<i64, _>(2)? as f64);
-        age.with_label_values(&[&model])
-            .set(row.try_get::<f64, _>(3)?.max(0.0));
+    for (model, pending, dead_rows, oldest) in &rows {
+        depth.with_label_values(&[model]).set(*pending as f64);
+        dead.with_label_values(&[model]).set(*dead_rows as f64);
+        age.with_label_values(&[model]).set(oldest.max(0.0));
     }
-    let rows = sqlx::query(
+    let rows: Vec<(String, i64, Option<f64>)> = sqlx::query_as(
         "SELECT m.name, m.version, v.loss_sum / nullif(v.examples, 0)
          FROM models m
          LEFT JOIN LATERAL (SELECT loss_sum, examples FROM model_versions mv
@@ -317,17 +312,15 @@ async fn database_gauges(pool: &PgPool) -> Result<Registry, sqlx::Error> {
     )
     .fetch_all(pool)
     .await?;
-    for row in &rows {
-        let model: String = row.try_get(0)?;
-        version
-            .with_label_values(&[&model])
-            .set(row.try_get::<i64, _>(1)? as f64);
+    for (model, model_version, last_loss) in &rows {
+        let model = model.as_str();
+        version.with_label_values(&[model]).set(*model_version as f64);
         // Models without queue rows still get depth 0, so every model has a series.
-        depth.with_label_values(&[&model]);
-        dead.with_label_values(&[&model]);
-        age.with_label_values(&[&model]);
-        if let Some(l) = row.try_get::<Option<f64>, _>(2)? {
-            loss.with_label_values(&[&model]).set(l);
+        depth.with_label_values(&[model]);
+        dead.with_label_values(&[model]);
+        age.with_label_values(&[model]);
+        if let Some(l) = last_loss {
+            loss.with_label_values(&[model]).set(*l);
         }
     }
     Ok(registry)

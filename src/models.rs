@@ -2,8 +2,7 @@
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
-use sqlx::postgres::PgRow;
-use sqlx::{PgExecutor, Row};
+use sqlx::{FromRow, PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::learner::{ConfigError, LearnerConfig, ModelKind, ModelState};
@@ -32,6 +31,31 @@ impl From<ConfigError> for ModelError {
     }
 }
 
+/// Whether the worker learns from a model's feedback: `quarantined` (by the guard) keeps the
+/// feedback queued until `olps model resume`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum ModelStatus {
+    Active,
+    Quarantined,
+}
+
+impl ModelStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ModelStatus::Active => "active",
+            ModelStatus::Quarantined => "quarantined",
+        }
+    }
+}
+
+impl std::fmt::Display for ModelStatus {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A model as stored: identity, kind, learner settings, current version and status.
 #[derive(Debug, Clone, Serialize)]
 pub struct Model {
@@ -41,7 +65,7 @@ pub struct Model {
     pub settings: LearnerConfig,
     pub version: i64,
     pub examples_seen: i64,
-    pub status: String,
+    pub status: ModelStatus,
     pub status_reason: Option<String>,
     pub created_at: DateTime<Utc>,
     pub updated_at: DateTime<Utc>,
@@ -61,25 +85,41 @@ pub struct NewModel {
 const COLUMNS: &str = "model_id, name, kind, settings, version, examples_seen, status, \
                        status_reason, created_at, updated_at, learner_state";
 
-fn from_row(row: &PgRow) -> Result<Model, ModelError> {
-    let model_id: Uuid = row.try_get("model_id")?;
-    let kind: String = row.try_get("kind")?;
-    let settings: serde_json::Value = row.try_get("settings")?;
-    let corrupt = |message: String| ModelError::CorruptSettings { model_id, message };
-    Ok(Model {
-        model_id,
-        name: row.try_get("name")?,
-        kind: kind.parse().map_err(|e| corrupt(format!("{e}")))?,
-        settings: serde_json::from_value(settings).map_err(|e| corrupt(e.to_string()))?,
-        version: row.try_get("version")?,
-        examples_seen: row.try_get("examples_seen")?,
-        status: row.try_get("status")?,
-        status_reason: row.try_get("status_reason")?,
-        created_at: row.try_get("created_at")?,
-        updated_at: row.try_get("updated_at")?,
-        learner_state: serde_json::from_value(row.try_get("learner_state")?)
-            .map_err(|e| corrupt(format!("learner_state: {e}")))?,
-    })
+/// A `models` row as stored; [`ModelRow::decode`] checks the JSON columns.
+#[derive(FromRow)]
+struct ModelRow {
+    model_id: Uuid,
+    name: String,
+    kind: String,
+    settings: serde_json::Value,
+    version: i64,
+    examples_seen: i64,
+    status: ModelStatus,
+    status_reason: Option<String>,
+    created_at: DateTime<Utc>,
+    updated_at: DateTime<Utc>,
+    learner_state: serde_json::Value,
+}
+
+impl ModelRow {
+    fn decode(self) -> Result<Model, ModelError> {
+        let model_id = self.model_id;
+        let corrupt = |message: String| ModelError::CorruptSettings { model_id, message };
+        Ok(Model {
+            model_id,
+            name: self.name,
+            kind: self.kind.parse().map_err(|e| corrupt(format!("{e}")))?,
+            settings: serde_json::from_value(self.settings).map_err(|e| corrupt(e.to_string()))?,
+            version: self.version,
+            examples_seen: self.examples_seen,
+            status: self.status,
+            status_reason: self.status_reason,
+            created_at: self.created_at,
+            updated_at: self.updated_at,
+            learner_state: serde_json::from_value(self.learner_state)
+                .map_err(|e| corrupt(format!("learner_state: {e}")))?,
+        })
+    }
 }
 
 /// Checks a model name: 1..=200 characters, no control characters, not a UUID (a name that parses
@@ -105,7 +145,7 @@ pub async fn create(db: impl PgExecutor<'_>, new: &NewModel) -> Result<Model, Mo
     validate_name(&new.name)?;
     new.settings.validate()?;
     let settings = serde_json::to_value(&new.settings).expect("settings serialize");
-    let row = sqlx::query(&format!(
+    let row: ModelRow = sqlx::query_as(&format!(
         "INSERT INTO models (name, kind, settings) VALUES ($1, $2, $3) RETURNING {COLUMNS}"
     ))
     .bind(&new.name)
@@ -119,34 +159,34 @@ pub async fn create(db: impl PgExecutor<'_>, new: &NewModel) -> Result<Model, Mo
         }
         _ => ModelError::Db(e),
     })?;
-    from_row(&row)
+    row.decode()
 }
 
 pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Model>, ModelError> {
-    let rows = sqlx::query(&format!("SELECT {COLUMNS} FROM models ORDER BY name"))
+    let rows: Vec<ModelRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM models ORDER BY name"))
         .fetch_all(db)
         .await?;
-    rows.iter().map(from_row).collect()
+    rows.into_iter().map(ModelRow::decode).collect()
 }
 
 /// Finds a model by UUID or by name.
 pub async fn find(db: impl PgExecutor<'_>, key: &str) -> Result<Model, ModelError> {
-    let row = match Uuid::parse_str(key) {
+    let row: Option<ModelRow> = match Uuid::parse_str(key) {
         Ok(id) => {
-            sqlx::query(&format!("SELECT {COLUMNS} FROM models WHERE model_id = $1"))
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM models WHERE model_id = $1"))
                 .bind(id)
                 .fetch_optional(db)
                 .await?
         }
         Err(_) => {
-            sqlx::query(&format!("SELECT {COLUMNS} FROM models WHERE name = $1"))
+            sqlx::query_as(&format!("SELECT {COLUMNS} FROM models WHERE name = $1"))
                 .bind(key)
                 .fetch_optional(db)
                 .await?
         }
     };
     match row {
-        Some(row) => from_row(&row),
+        Some(row) => row.decode(),
         None => Err(ModelError::NotFound(key.to_string())),
     }
 }
@@ -160,23 +200,26 @@ pub async fn resolve_id(db: impl PgExecutor<'_>, key: &str) -> Result<Uuid, Mode
 /// parameters (a worker batch, a rollback) holds it, so they never interleave. With `skip_locked`
 /// a model another transaction holds is skipped (None) instead of waited for.
 pub async fn lock(
-    conn: &mut sqlx::PgConnection,
+    conn: &mut PgConnection,
     model_id: Uuid,
     skip_locked: bool,
 ) -> Result<Option<Model>, ModelError> {
     let wait = if skip_locked { "SKIP LOCKED" } else { "" };
-    let row = sqlx::query(&format!(
+    let row: Option<ModelRow> = sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM models WHERE model_id = $1 FOR UPDATE {wait}"
     ))
     .bind(model_id)
     .fetch_optional(conn)
     .await?;
-    row.as_ref().map(from_row).transpose()
+    row.map(ModelRow::decode).transpose()
 }
 
-/// Deletes a model and every row that belongs to it, in one transaction. Returns the rows
-/// removed per table.
-pub async fn delete(pool: &sqlx::PgPool, model_id: Uuid) -> Result<Vec<(String, u64)>, ModelError> {
+/// Deletes a model and every row that belongs to it, in the caller's transaction (holding the
+/// model's lock until it ends). Returns the rows removed per table.
+pub async fn delete(
+    conn: &mut PgConnection,
+    model_id: Uuid,
+) -> Result<Vec<(String, u64)>, ModelError> {
     // Children first: the queue references events, snapshot parameters reference snapshots.
     const TABLES: [&str; 9] = [
         "feedback_queue",
@@ -189,23 +232,91 @@ pub async fn delete(pool: &sqlx::PgPool, model_id: Uuid) -> Result<Vec<(String, 
         "model_parameters",
         "model_versions",
     ];
-    let mut tx = pool.begin().await?;
-    lock(&mut tx, model_id, false).await?;
+    lock(&mut *conn, model_id, false).await?;
     let mut removed = Vec::new();
     for table in TABLES {
         let done = sqlx::query(&format!("DELETE FROM {table} WHERE model_id = $1"))
             .bind(model_id)
-            .execute(&mut *tx)
+            .execute(&mut *conn)
             .await?;
         removed.push((table.to_string(), done.rows_affected()));
     }
     let done = sqlx::query("DELETE FROM models WHERE model_id = $1")
         .bind(model_id)
-        .execute(&mut *tx)
+        .execute(&mut *conn)
         .await?;
     if done.rows_affected() == 0 {
         return Err(ModelError::NotFound(model_id.to_string()));
     }
-    tx.commit().await?;
     Ok(removed)
+}
+
+/// How far a model's history reaches: its current version and the pruning horizon (history of
+/// versions `1..=pruned_through` is gone).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, FromRow)]
+pub struct Horizon {
+    #[sqlx(rename = "version")]
+    pub current: i64,
+    #[sqlx(rename = "history_pruned_through")]
+    pub pruned_through: i64,
+}
+
+pub async fn horizon(db: impl PgExecutor<'_>, model_id: Uuid) -> Result<Horizon, ModelError> {
+    sqlx::query_as("SELECT version, history_pruned_through FROM models WHERE model_id = $1")
+        .bind(model_id)
+        .fetch_optional(db)
+        .await?
+        .ok_or_else(|| ModelError::NotFound(model_id.to_string()))
+}
+
+/// Records that the history of versions `1..=version` is gone (never lowers it). Takes the
+/// model's row lock for the rest of the caller's transaction.
+pub async fn raise_pruned_through(
+    db: impl PgExecutor<'_>,
+    model_id: Uuid,
+    version: i64,
+) -> Result<(), sqlx::Error> {
+    sqlx::query(
+        "UPDATE models SET history_pruned_through = greatest(history_pruned_through, $2)
+         WHERE model_id = $1",
+    )
+    .bind(model_id)
+    .bind(version)
+    .execute(db)
+    .await?;
+    Ok(())
+}
+
+/// Moves a model from status `from` to `to` with its reason (None clears it). Returns false when
+/// the model was not in `from` (or does not exist). Waits for a batch in progress (the model's
+/// row lock).
+pub async fn change_status(
+    db: impl PgExecutor<'_>,
+    model_id: Uuid,
+    from: ModelStatus,
+    to: ModelStatus,
+    reason: Option<&str>,
+) -> Result<bool, sqlx::Error> {
+    let done = sqlx::query(
+        "UPDATE models SET status = $3, status_reason = $4, updated_at = now()
+         WHERE model_id = $1 AND status = $2",
+    )
+    .bind(model_id)
+    .bind(from)
+    .bind(to)
+    .bind(reason)
+    .execute(db)
+    .await?;
+    Ok(done.rows_affected() == 1)
+}
+
+/// The current version of each of the given models that still exists.
+pub async fn versions_of(
+    db: impl PgExecutor<'_>,
+    model_ids: &[Uuid],
+) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    sqlx::query_as("SELECT model_id, version FROM models WHERE model_id = ANY($1)")
+        .bind(model_ids)
+        .fetch_all(db)
+        .await
 }

@@ -3,7 +3,8 @@
 
 use std::collections::HashMap;
 
-use sqlx::{PgConnection, PgExecutor, Row};
+use serde::Serialize;
+use sqlx::{FromRow, PgConnection, PgExecutor};
 use uuid::Uuid;
 
 use crate::learner::ParamState;
@@ -18,23 +19,68 @@ pub struct ParamChange {
     pub learning_rate: Option<f64>,
 }
 
-/// The columns [`state_from_row`] reads, in its order.
+/// What made a history row (`parameter_updates.update_type`) or a version
+/// (`model_versions.kind`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum UpdateType {
+    /// Learned from feedback by the worker.
+    #[default]
+    Gradient,
+    Direct,
+    Batch,
+    /// Written by a rollback or roll-forward.
+    Rollback,
+}
+
+impl UpdateType {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            UpdateType::Gradient => "gradient",
+            UpdateType::Direct => "direct",
+            UpdateType::Batch => "batch",
+            UpdateType::Rollback => "rollback",
+        }
+    }
+}
+
+impl std::fmt::Display for UpdateType {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The columns a [`ParamRow`] is read from.
 pub const STATE_COLUMNS: &str =
     "parameter_id, current_value, opt_m, opt_v, update_count, feature_mean, feature_m2";
 
-/// A parameter's name and learner state from a row selecting [`STATE_COLUMNS`].
-pub fn state_from_row(row: &sqlx::postgres::PgRow) -> Result<(String, ParamState), sqlx::Error> {
-    Ok((
-        row.try_get(0)?,
-        ParamState {
-            value: row.try_get(1)?,
-            m: row.try_get(2)?,
-            v: row.try_get(3)?,
-            count: row.try_get(4)?,
-            mean: row.try_get(5)?,
-            m2: row.try_get(6)?,
-        },
-    ))
+/// A parameter's name and learner state, from a row selecting [`STATE_COLUMNS`].
+#[derive(Debug, Clone, FromRow)]
+pub struct ParamRow {
+    pub parameter_id: String,
+    pub current_value: f64,
+    pub opt_m: f64,
+    pub opt_v: f64,
+    pub update_count: i64,
+    pub feature_mean: f64,
+    pub feature_m2: f64,
+}
+
+impl ParamRow {
+    pub fn into_state(self) -> (String, ParamState) {
+        (
+            self.parameter_id,
+            ParamState {
+                value: self.current_value,
+                m: self.opt_m,
+                v: self.opt_v,
+                count: self.update_count,
+                mean: self.feature_mean,
+                m2: self.feature_m2,
+            },
+        )
+    }
 }
 
 /// The current state of the named parameters of a model (absent ones are left out).
@@ -48,7 +94,7 @@ pub async fn load(
     model_id: Uuid,
     parameter_ids: &[&str],
 ) -> Result<Vec<(String, ParamState)>, sqlx::Error> {
-    let rows = sqlx::query(
+    let rows: Vec<ParamRow> = sqlx::query_as(
         "SELECT p.parameter_id, p.current_value, p.opt_m, p.opt_v, p.update_count,
                 p.feature_mean, p.feature_m2
          FROM unnest($2::text[]) AS n(parameter_id)
@@ -58,7 +104,7 @@ pub async fn load(
     .bind(parameter_ids)
     .fetch_all(db)
     .await?;
-    rows.iter().map(state_from_row).collect()
+    Ok(rows.into_iter().map(ParamRow::into_state).collect())
 }
 
 /// Every current parameter of a model.
@@ -66,13 +112,29 @@ pub async fn load_all(
     db: impl PgExecutor<'_>,
     model_id: Uuid,
 ) -> Result<HashMap<String, ParamState>, sqlx::Error> {
-    let rows = sqlx::query(&format!(
+    let rows: Vec<ParamRow> = sqlx::query_as(&format!(
         "SELECT {STATE_COLUMNS} FROM model_parameters WHERE model_id = $1"
     ))
     .bind(model_id)
     .fetch_all(db)
     .await?;
-    rows.iter().map(state_from_row).collect()
+    Ok(rows.into_iter().map(ParamRow::into_state).collect())
+}
+
+/// The parameters of a model changed after `version` (an incremental reload).
+pub async fn changed_since(
+    db: impl PgExecutor<'_>,
+    model_id: Uuid,
+    version: i64,
+) -> Result<Vec<(String, ParamState)>, sqlx::Error> {
+    let rows: Vec<ParamRow> = sqlx::query_as(&format!(
+        "SELECT {STATE_COLUMNS} FROM model_parameters WHERE model_id = $1 AND version > $2"
+    ))
+    .bind(model_id)
+    .bind(version)
+    .fetch_all(db)
+    .await?;
+    Ok(rows.into_iter().map(ParamRow::into_state).collect())
 }
 
 /// Writes a version's changes: upserts the current parameters and appends one history row per
@@ -81,7 +143,7 @@ pub async fn write_changes(
     conn: &mut PgConnection,
     model_id: Uuid,
     version: i64,
-    update_type: &str,
+    update_type: UpdateType,
     source: &str,
     changes: &[ParamChange],
 ) -> Result<(), sqlx::Error> {

@@ -294,7 +294,7 @@ async fn guard_rolls_back_and_quarantines_a_poisoned_model_and_resume_loses_noth
     let clean = rotating_stream(6_000, None, 0.0, 21);
     insert_stream(&db.pool, id, &clean[..3_000]).await;
     drain(&db.pool, 100).await;
-    let trained = olps::snapshots::create(&db.pool, id, Some("trained"))
+    let trained = olps::timeline::snapshots::create(&db.pool, id, Some("trained"))
         .await
         .unwrap();
     // A burst of flipped labels, then clean traffic, all queued at once.
@@ -332,7 +332,7 @@ async fn guard_rolls_back_and_quarantines_a_poisoned_model_and_resume_loses_noth
         "rolled back to a snapshot at or after training"
     );
     // The parameters are those of the target version, bit for bit (zeroed extras aside).
-    let at_target = olps::history::parameters_at(&db.pool, id, olps::history::At::Version(target))
+    let at_target = olps::timeline::reconstruct::parameters_at(&db.pool, id, olps::timeline::reconstruct::At::Version(target))
         .await
         .unwrap();
     let now = olps::params::load_all(&db.pool, id).await.unwrap();

@@ -8,9 +8,9 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
 use common::*;
-use olps::history::{self, At, HistoryFilter};
+use olps::timeline::history::{self, At, HistoryFilter};
 use olps::learner::{LearnerConfig, ModelKind, OptimizerKind, ParamState};
-use olps::rollback::RollbackTarget;
+use olps::timeline::rollback::RollbackTarget;
 use olps::worker::{BatchOutcome, Worker, WorkerConfig};
 use sqlx::PgPool;
 use uuid::Uuid;
@@ -185,12 +185,12 @@ async fn every_query_in_sql_returns_the_expected_rows() {
     recorded.insert(0, State::new());
     insert_stream(pool, id, &rows[..240]).await;
     step_all(pool, id, 40, &mut recorded).await; // 1..=6
-    olps::snapshots::create(pool, id, Some("mid"))
+    olps::timeline::snapshots::create(pool, id, Some("mid"))
         .await
         .unwrap();
     insert_stream(pool, id, &rows[240..400]).await;
     step_all(pool, id, 40, &mut recorded).await; // 7..=10
-    let out = olps::rollback::rollback(pool, id, &RollbackTarget::Version(4))
+    let out = olps::timeline::rollback::rollback(pool, id, &RollbackTarget::Version(4))
         .await
         .unwrap(); // 11
     recorded.insert(out.version, stored(pool, id).await);
@@ -509,7 +509,7 @@ async fn every_query_in_sql_returns_the_expected_rows() {
     .unwrap();
     assert_eq!(metadata, serde_json::json!({"note": "x, \"quoted\""}));
     // Reading through the library agrees with the SQL function at the current version.
-    let now = history::parameters_at(pool, id, At::Current).await.unwrap();
+    let now = reconstruct::parameters_at(pool, id, At::Current).await.unwrap();
     assert_eq!(now.parameters.len(), recorded[&12].len());
 }
 

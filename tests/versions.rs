@@ -8,10 +8,10 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use common::*;
-use olps::history::{self, At, HistoryError, HistoryFilter, Lookup, ReadPlan};
+use olps::timeline::history::{self, At, TimelineError, HistoryFilter, Lookup, ReadPlan};
 use olps::learner::{Example, Learner, LearnerConfig, ModelKind, OptimizerKind, ParamState};
-use olps::rollback::{self, RollbackPlan, RollbackTarget};
-use olps::snapshots::{self, SnapshotPolicy};
+use olps::timeline::rollback::{self, RollbackPlan, RollbackTarget};
+use olps::timeline::snapshots::{self, SnapshotPolicy};
 use olps::worker::{BatchOutcome, Worker, WorkerConfig};
 use serde_json::{json, Value};
 use sqlx::PgPool;
@@ -130,7 +130,7 @@ async fn assert_learner_state_of(pool: &PgPool, id: Uuid, version: i64) {
     );
 }
 
-fn pit_state(read: &history::ParametersAt) -> State {
+fn pit_state(read: &reconstruct::ParametersAt) -> State {
     read.parameters
         .iter()
         .map(|p| (p.parameter_id.clone(), p.state()))
@@ -325,7 +325,7 @@ async fn rollback_and_roll_forward_restore_parameters_and_optimizer_state_bit_fo
     }
     assert!(matches!(
         rollback::rollback(pool, Uuid::new_v4(), &RollbackTarget::Version(0)).await,
-        Err(HistoryError::Model(_))
+        Err(TimelineError::Model(_))
     ));
     assert_eq!(current_version(pool, id).await, before);
 }
@@ -368,7 +368,7 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
 
     for (&version, want) in &recorded {
         for plan in PLANS {
-            let read = history::parameters_at_with(pool, id, At::Version(version), plan)
+            let read = reconstruct::parameters_at_with(pool, id, At::Version(version), plan)
                 .await
                 .unwrap();
             assert_eq!((read.model_id, read.version), (id, version));
@@ -388,7 +388,7 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
                 .all(|p| p.last_changed_version <= version));
         }
     }
-    let now = history::parameters_at(pool, id, At::Current).await.unwrap();
+    let now = reconstruct::parameters_at(pool, id, At::Current).await.unwrap();
     assert_eq!(now.version, current);
     assert_exact("current", &pit_state(&now), &recorded[&current].params);
 
@@ -407,7 +407,7 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
             .map(|(v, _)| *v)
             .max()
             .unwrap();
-        let read = history::parameters_at(pool, id, At::Time(*at))
+        let read = reconstruct::parameters_at(pool, id, At::Time(*at))
             .await
             .unwrap();
         assert_eq!(
@@ -417,19 +417,19 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
         assert_exact("by time", &pit_state(&read), &recorded[&expected].params);
     }
     let before_all = created[0].1 - chrono::Duration::seconds(1);
-    let read = history::parameters_at(pool, id, At::Time(before_all))
+    let read = reconstruct::parameters_at(pool, id, At::Time(before_all))
         .await
         .unwrap();
     assert_eq!((read.version, read.parameters.len()), (0, 0));
 
     // Bad versions.
     assert!(matches!(
-        history::parameters_at(pool, id, At::Version(current + 1)).await,
-        Err(HistoryError::VersionNotFound { requested, current: c }) if requested == current + 1 && c == current
+        reconstruct::parameters_at(pool, id, At::Version(current + 1)).await,
+        Err(TimelineError::VersionNotFound { requested, current: c }) if requested == current + 1 && c == current
     ));
     assert!(matches!(
-        history::parameters_at(pool, id, At::Version(-1)).await,
-        Err(HistoryError::InvalidArgument(m)) if m.contains("version")
+        reconstruct::parameters_at(pool, id, At::Version(-1)).await,
+        Err(TimelineError::InvalidArgument(m)) if m.contains("version")
     ));
 
     // The analysts' function agrees.
@@ -561,7 +561,7 @@ async fn rollbacks_while_two_workers_drain_keep_the_line_and_apply_each_event_on
     );
     assert_eq!(now.examples_seen, states[current as usize].examples_seen);
     for (version, target) in &rollbacks {
-        let read = history::parameters_at(pool, id, At::Version(*version))
+        let read = reconstruct::parameters_at(pool, id, At::Version(*version))
             .await
             .unwrap();
         assert_equivalent(
@@ -666,7 +666,7 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
     // Reachable: the floor and later (by every plan), and version 4 through its own snapshot.
     for version in [4, 7, 8, 9, 10] {
         for plan in PLANS {
-            let read = history::parameters_at_with(pool, id, At::Version(version), plan)
+            let read = reconstruct::parameters_at_with(pool, id, At::Version(version), plan)
                 .await
                 .unwrap();
             assert_exact(
@@ -679,15 +679,15 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
     assert_exact(
         "v0",
         &pit_state(
-            &history::parameters_at(pool, id, At::Version(0))
+            &reconstruct::parameters_at(pool, id, At::Version(0))
                 .await
                 .unwrap(),
         ),
         &recorded[&0].params,
     );
     for version in [1, 5, 6] {
-        match history::parameters_at(pool, id, At::Version(version)).await {
-            Err(HistoryError::Unreachable {
+        match reconstruct::parameters_at(pool, id, At::Version(version)).await {
+            Err(TimelineError::Unreachable {
                 pruned_through: 7,
                 snapshot_versions,
                 ..
@@ -698,7 +698,7 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
         }
         assert!(matches!(
             rollback::rollback(pool, id, &RollbackTarget::Version(version)).await,
-            Err(HistoryError::Unreachable { .. })
+            Err(TimelineError::Unreachable { .. })
         ));
     }
     let sql_err = sqlx::query("SELECT * FROM olps_parameters_at($1, 5)")
@@ -742,7 +742,7 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
 
     // The floor snapshot cannot be deleted; the other one can (and its version goes with it).
     match snapshots::delete(pool, id, "seven").await {
-        Err(HistoryError::SnapshotInUse {
+        Err(TimelineError::SnapshotInUse {
             snapshot_id,
             version: 7,
         }) => {
@@ -754,8 +754,8 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
         .await
         .unwrap();
     assert!(matches!(
-        history::parameters_at(pool, id, At::Version(4)).await,
-        Err(HistoryError::Unreachable { .. })
+        reconstruct::parameters_at(pool, id, At::Version(4)).await,
+        Err(TimelineError::Unreachable { .. })
     ));
     // Pruning again to the same moment finds nothing more to delete.
     let again = history::prune(pool, id, created_9, false).await.unwrap();
@@ -812,7 +812,7 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
     };
     assert!(matches!(
         snapshots::set_policy(pool, id, &bad).await,
-        Err(HistoryError::InvalidArgument(m)) if m.contains("every_versions")
+        Err(TimelineError::InvalidArgument(m)) if m.contains("every_versions")
     ));
 
     let rows = sparse_stream(300, 3, 30, false, 5);
@@ -826,7 +826,7 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
         assert_eq!(s.kind, "auto");
         assert_eq!(s.label, None);
         let read =
-            history::parameters_at_with(pool, id, At::Version(s.model_version), ReadPlan::Forward)
+            reconstruct::parameters_at_with(pool, id, At::Version(s.model_version), ReadPlan::Forward)
                 .await
                 .unwrap();
         assert_exact(
@@ -1028,13 +1028,13 @@ async fn history_lists_newest_first_with_filters() {
     ] {
         let err = history::updates(pool, id, &filter).await.unwrap_err();
         assert!(
-            matches!(&err, HistoryError::InvalidArgument(m) if m.contains(needle)),
+            matches!(&err, TimelineError::InvalidArgument(m) if m.contains(needle)),
             "{err}"
         );
     }
     assert!(matches!(
         history::updates(pool, Uuid::new_v4(), &HistoryFilter::default()).await,
-        Err(HistoryError::Model(_))
+        Err(TimelineError::Model(_))
     ));
 }
 

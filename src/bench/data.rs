@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::bail;
 use rand::{Rng, SeedableRng};
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use uuid::Uuid;
 
 /// One event: feature indexes (distinct, sorted) with values, and a 0/1 label.
@@ -256,7 +256,7 @@ pub async fn wait_applied(
 }
 
 /// What a drain left behind, checked after each case.
-#[derive(Debug, Clone, Default, serde::Serialize)]
+#[derive(Debug, Clone, Default, serde::Serialize, sqlx::FromRow)]
 pub struct DrainCheck {
     pub events: i64,
     pub processed: i64,
@@ -267,25 +267,19 @@ pub struct DrainCheck {
 }
 
 pub async fn check(pool: &PgPool, models: &[Uuid]) -> anyhow::Result<DrainCheck> {
-    let row = sqlx::query(
-        "SELECT (SELECT count(*) FROM feedback_events WHERE model_id = ANY($1)),
-                (SELECT count(*) FROM feedback_events WHERE model_id = ANY($1) AND processed),
-                (SELECT count(*) FROM feedback_queue WHERE model_id = ANY($1)),
-                (SELECT coalesce(sum(version), 0)::int8 FROM models WHERE model_id = ANY($1)),
-                (SELECT count(*) FROM parameter_updates WHERE model_id = ANY($1)),
-                (SELECT count(*) FROM model_parameters WHERE model_id = ANY($1))",
+    Ok(sqlx::query_as(
+        "SELECT (SELECT count(*) FROM feedback_events WHERE model_id = ANY($1)) AS events,
+                (SELECT count(*) FROM feedback_events WHERE model_id = ANY($1) AND processed)
+                    AS processed,
+                (SELECT count(*) FROM feedback_queue WHERE model_id = ANY($1)) AS queue_left,
+                (SELECT coalesce(sum(version), 0)::int8 FROM models WHERE model_id = ANY($1))
+                    AS versions,
+                (SELECT count(*) FROM parameter_updates WHERE model_id = ANY($1)) AS history_rows,
+                (SELECT count(*) FROM model_parameters WHERE model_id = ANY($1)) AS parameters",
     )
     .bind(models)
     .fetch_one(pool)
-    .await?;
-    Ok(DrainCheck {
-        events: row.try_get(0)?,
-        processed: row.try_get(1)?,
-        queue_left: row.try_get(2)?,
-        versions: row.try_get(3)?,
-        history_rows: row.try_get(4)?,
-        parameters: row.try_get(5)?,
-    })
+    .await?)
 }
 
 /// Deletes models and every row of theirs: each table with a `model_id` column (foreign keys

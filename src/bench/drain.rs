@@ -15,7 +15,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context};
 use sqlx::postgres::PgListener;
-use sqlx::{PgPool, Row};
+use sqlx::PgPool;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -120,12 +120,11 @@ pub async fn bare_batch(
     }
     // Plan-stable like the worker (see `worker::queue::claim`).
     crate::worker::queue::plan_for_any_statistics(&mut tx).await?;
-    let row = sqlx::query(BARE_BATCH_SQL)
+    let (claimed,): (i64,) = sqlx::query_as(BARE_BATCH_SQL)
         .bind(model)
         .bind(batch)
         .fetch_one(&mut *tx)
         .await?;
-    let claimed: i64 = row.try_get(0)?;
     if claimed == 0 {
         tx.rollback().await?;
     } else {
@@ -428,7 +427,7 @@ pub async fn naive_drain(pool: &PgPool, model: Uuid, done: &AtomicU64) -> anyhow
                 .bind(model)
                 .fetch_one(&mut *tx)
                 .await?;
-        let Some(row) = sqlx::query(
+        let row: Option<(Uuid, Uuid, f64, serde_json::Value)> = sqlx::query_as(
             "SELECT q.id, q.feedback_id, e.feedback_value, e.metadata -> 'features'
              FROM feedback_queue q
              JOIN feedback_events e ON e.model_id = q.model_id AND e.id = q.feedback_id
@@ -439,15 +438,11 @@ pub async fn naive_drain(pool: &PgPool, model: Uuid, done: &AtomicU64) -> anyhow
         )
         .bind(model)
         .fetch_optional(&mut *tx)
-        .await?
-        else {
+        .await?;
+        let Some((queue_id, event_id, label, features)) = row else {
             tx.rollback().await?;
             return Ok(());
         };
-        let queue_id: Uuid = row.try_get(0)?;
-        let event_id: Uuid = row.try_get(1)?;
-        let label: f64 = row.try_get(2)?;
-        let features: serde_json::Value = row.try_get(3)?;
         let mut inputs: Vec<(String, f64)> = features
             .as_object()
             .context("features")?

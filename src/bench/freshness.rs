@@ -128,7 +128,7 @@ async fn measure_on(
     let seen: Arc<Mutex<HashMap<i64, Instant>>> = Arc::new(Mutex::new(HashMap::new()));
     let mut listener = PgListener::connect(&ctx.url).await?;
     listener
-        .listen(crate::versions::VERSION_CHANNEL)
+        .listen(crate::timeline::version::VERSION_CHANNEL)
         .await
         .context("LISTEN olps_model_version")?;
     let listening = {

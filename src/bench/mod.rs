@@ -17,6 +17,7 @@ pub mod learn;
 pub mod predict;
 pub mod report;
 pub mod snapshot;
+pub mod time_travel;
 pub mod sys;
 
 use std::path::PathBuf;
@@ -364,7 +365,7 @@ impl Drop for Progress {
 /// `olps bench`: resolves the database (DATABASE_URL or the embedded default), applies pending
 /// migrations, runs the scenario(s), prints the table and writes the requested files.
 pub async fn run(args: BenchArgs) -> anyhow::Result<Report> {
-    let database = crate::cli::prepare_database().await?;
+    let database = crate::runtime::prepare_database().await?;
     let report = run_on(&database.url, &database.description, args).await?;
     println!("{}", report.table());
     Ok(report)

@@ -1,5 +1,5 @@
 //! `snapshot`: snapshot, rollback and point-in-time read times for models of `--snapshot-params`
-//! parameters (default 100,000 and 1,000,000), timed by [`crate::history::measure_time_travel`]
+//! parameters (default 100,000 and 1,000,000), timed by [`crate::timeline::time_travel::measure_time_travel`]
 //! (the history module's own timing of its operations on a synthetic model of four versions).
 //! Baseline: a bare copy of the same parameter rows into `snapshot_parameters` with one
 //! `INSERT … SELECT` in its own transaction, i.e. PostgreSQL copying the rows and nothing else.
@@ -10,7 +10,7 @@ use anyhow::Context;
 use uuid::Uuid;
 
 use super::{Ctx, Figure, Report};
-use crate::history::{self, TimeTravelTimings};
+use super::time_travel::{self, TimeTravelTimings};
 
 /// Target (Deliver): a snapshot or rollback of 1,000,000 parameters under 5 s.
 pub const TARGET_MS: f64 = 5_000.0;
@@ -25,7 +25,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         ctx.say(&format!("snapshot: building a model of {n} parameters"));
         super::data::settle(&ctx.pool).await;
         let started = chrono::Utc::now();
-        let timings = history::measure_time_travel(&ctx.pool, n as i64).await;
+        let timings = time_travel::measure_time_travel(&ctx.pool, n as i64).await;
         // The model it made (named time-travel-<n>-…): ours to delete, whatever happened.
         let made: Vec<Uuid> = sqlx::query_scalar(
             "SELECT model_id FROM models WHERE name LIKE $1 AND created_at >= $2",
@@ -35,7 +35,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         .fetch_all(&ctx.pool)
         .await?;
         let outcome = async {
-            let timings = timings.context("history::measure_time_travel")?;
+            let timings = timings.context("time_travel::measure_time_travel")?;
             let model = *made.first().context("the time-travel model is not there")?;
             let baseline = bare_copy(ctx, model).await?;
             add_figures(report, n, &timings, baseline);

@@ -14,11 +14,12 @@ use crate::db::{self, Database};
 use crate::http::{self, AppState};
 use crate::learner::{LearnerConfig, LrSchedule, ModelKind, OptimizerKind};
 use crate::models::{self, NewModel};
+use crate::runtime;
 use crate::schema;
 use crate::worker::{Worker, WorkerConfig};
 
-mod versions;
-pub use versions::{
+mod timeline;
+pub use timeline::{
     HistoryArgs, HistoryCommand, OutputFormat, ParamsArgs, RollbackArgs, SnapshotCommand,
 };
 
@@ -254,19 +255,8 @@ fn init_tracing(default_filter: &str) {
     };
 }
 
-/// Resolves the database, says which one is used, and applies pending migrations.
-pub async fn prepare_database() -> anyhow::Result<Database> {
-    let database = db::resolve().await?;
-    eprintln!("olps: using {}", database.description);
-    let report = schema::migrate(&database.url).await?;
-    for name in &report.applied {
-        eprintln!("olps: applied migration {name}");
-    }
-    Ok(database)
-}
-
 async fn open(pool_size: u32) -> anyhow::Result<(Database, PgPool)> {
-    let database = prepare_database().await?;
+    let database = runtime::prepare_database().await?;
     let pool = db::connect(&database.url, pool_size).await?;
     Ok((database, pool))
 }
@@ -294,7 +284,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let listener = TcpListener::bind(&args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
-            let shutdown = shutdown_token();
+            let shutdown = runtime::shutdown_token();
             tracing::info!(addr = %listener.local_addr()?, "serving");
             http::serve(listener, AppState::new(pool), shutdown).await?;
             tracing::info!("stopped");
@@ -303,7 +293,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Worker(args) => {
             let (_, pool) = open(4).await?;
             let config = args.config(&pool).await?;
-            let shutdown = shutdown_token();
+            let shutdown = runtime::shutdown_token();
             spawn_metrics(&args, &pool, &shutdown).await?;
             let stats = Worker::new(pool, config).run(shutdown.clone()).await?;
             shutdown.cancel();
@@ -320,7 +310,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .await
                 .with_context(|| format!("cannot listen on {}", args.serve.listen))?;
             tracing::info!(addr = %listener.local_addr()?, "serving");
-            let shutdown = shutdown_token();
+            let shutdown = runtime::shutdown_token();
             spawn_metrics(&args.worker, &pool, &shutdown).await?;
             let mut worker = Worker::new(pool.clone(), config);
             let worker_shutdown = shutdown.clone();
@@ -333,7 +323,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Model(command) => run_model(command).await,
         Command::Demo(args) => {
-            let database = prepare_database().await?;
+            let database = runtime::prepare_database().await?;
             let keep = args.keep;
             let report = crate::demo::run(args, &database).await?;
             if !keep {
@@ -341,10 +331,10 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
-        Command::Snapshot(command) => versions::run_snapshot(command).await,
-        Command::Rollback(args) => versions::run_rollback(args).await,
-        Command::Params(args) => versions::run_params(args).await,
-        Command::History(args) => versions::run_history(args).await,
+        Command::Snapshot(command) => timeline::run_snapshot(command).await,
+        Command::Rollback(args) => timeline::run_rollback(args).await,
+        Command::Params(args) => timeline::run_params(args).await,
+        Command::History(args) => timeline::run_history(args).await,
         Command::Bench(args) => crate::bench::run(args).await.map(|_| ()),
     }
 }
@@ -403,7 +393,9 @@ async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
         }
         ModelCommand::Delete { model } => {
             let model = models::find(&pool, &model).await?;
-            let removed = models::delete(&pool, model.model_id).await?;
+            let mut tx = pool.begin().await?;
+            let removed = models::delete(&mut tx, model.model_id).await?;
+            tx.commit().await?;
             let rows: u64 = removed.iter().map(|r| r.1).sum();
             println!(
                 "deleted model '{}' ({}) and {rows} rows",
@@ -426,28 +418,4 @@ async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
         }
     }
     Ok(())
-}
-
-/// A token cancelled on Ctrl-C or SIGTERM.
-pub fn shutdown_token() -> CancellationToken {
-    let token = CancellationToken::new();
-    let cancel = token.clone();
-    tokio::spawn(async move {
-        let ctrl_c = tokio::signal::ctrl_c();
-        #[cfg(unix)]
-        {
-            let mut term =
-                tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
-                    .expect("SIGTERM handler");
-            tokio::select! {
-                _ = ctrl_c => {},
-                _ = term.recv() => {},
-            }
-        }
-        #[cfg(not(unix))]
-        let _ = ctrl_c.await;
-        tracing::info!("shutdown requested; finishing in-flight work");
-        cancel.cancel();
-    });
-    token
 }

@@ -275,7 +275,9 @@ pub async fn run(args: DemoArgs, database: &Database) -> anyhow::Result<DemoRepo
     let started = Instant::now();
     let pool = crate::db::connect(&database.url, 8).await?;
     if let Ok(old) = models::find(&pool, MODEL_NAME).await {
-        models::delete(&pool, old.model_id).await?;
+        let mut tx = pool.begin().await?;
+        models::delete(&mut tx, old.model_id).await?;
+        tx.commit().await?;
     }
     let settings = LearnerConfig::default();
     let model = models::create(
@@ -529,7 +531,7 @@ pub async fn run(args: DemoArgs, database: &Database) -> anyhow::Result<DemoRepo
     if args.keep {
         println!("{}", report.text);
         println!("The service keeps running at http://{addr} with a worker; Ctrl-C stops both.");
-        crate::cli::shutdown_token().cancelled().await;
+        crate::runtime::shutdown_token().cancelled().await;
     }
     shutdown.cancel();
     let _ = server.await;

@@ -7,7 +7,7 @@ mod monitor;
 mod observe;
 pub mod openapi;
 pub mod predict;
-mod versions;
+mod timeline;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -71,7 +71,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(models::router())
         .merge(feedback::router())
         .merge(predict::router())
-        .merge(versions::router())
+        .merge(timeline::router())
         .merge(monitor::router())
         .merge(openapi::router())
 }

@@ -13,6 +13,7 @@ use super::openapi::ErrorBody;
 use super::{ApiError, AppState};
 use crate::models;
 use crate::monitor;
+use crate::timeline::version;
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -92,7 +93,7 @@ async fn model_metrics(
             "window must be between 1 and 10000000 examples, got {window}"
         )));
     }
-    let series = monitor::loss_series(&state.pool, model.model_id, from, to, window).await?;
+    let series = version::loss_series(&state.pool, model.model_id, from, to, window).await?;
     let drifts = monitor::drift_events(&state.pool, model.model_id, from, to).await?;
     Ok(Json(json!({
         "model_id": model.model_id,

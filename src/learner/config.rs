@@ -6,6 +6,8 @@ use std::str::FromStr;
 
 use serde::{Deserialize, Serialize};
 
+use super::error::ConfigError;
+
 /// Error of the `FromStr` implementations of [`ModelKind`], [`OptimizerKind`] and [`LrSchedule`].
 /// Its message names the rejected value and lists the valid ones.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -115,18 +117,6 @@ pub enum LrSchedule {
 }
 
 string_enum!(LrSchedule, "learning-rate schedule", Constant => "constant", Invscaling => "invscaling");
-
-/// A rejected [`LearnerConfig`] field.
-#[derive(Debug, thiserror::Error)]
-pub enum ConfigError {
-    /// `field` is the JSON name of the offending field; `message` says what it must be and what
-    /// it was.
-    #[error("{field}: {message}")]
-    Invalid {
-        field: &'static str,
-        message: String,
-    },
-}
 
 /// Learner settings of one model, stored as JSON in the models table. Every field has a serde
 /// default (the value in [`LearnerConfig::default`]), so `{}` deserializes to the defaults, and

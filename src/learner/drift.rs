@@ -17,7 +17,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::config::ConfigError;
+use super::error::ConfigError;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]

@@ -15,14 +15,16 @@
 
 mod config;
 pub mod drift;
+mod error;
 mod example;
 mod optimizer;
 
 use std::collections::HashMap;
 
 pub use config::{
-    ConfigError, GuardConfig, LearnerConfig, LrSchedule, ModelKind, OptimizerKind, ParseEnumError,
+    GuardConfig, LearnerConfig, LrSchedule, ModelKind, OptimizerKind, ParseEnumError,
 };
+pub use error::ConfigError;
 pub use example::{validate_label, Example, ExampleError};
 pub use optimizer::{contribution, standardized_value, GRAD_MAX, TERM_MAX, VALUE_MAX};
 

@@ -26,6 +26,7 @@ use crate::learner::{Learner, ParamState};
 use crate::metrics;
 use crate::models::{self, Model, ModelError};
 use crate::params;
+use crate::timeline::version;
 
 /// Models with more parameters than this are copied and patched on the blocking thread pool, so
 /// a big reload does not hold up the async workers that answer predictions.
@@ -88,7 +89,6 @@ pub struct ModelCache {
     names: RwLock<HashMap<String, Uuid>>,
 }
 
-use crate::params::{state_from_row, STATE_COLUMNS};
 
 /// A read-only transaction whose statements all see one snapshot.
 async fn snapshot(
@@ -235,14 +235,7 @@ impl ModelCache {
             tx.commit().await?;
             return Ok(Refresh::UpToDate(old.version));
         }
-        let plain: bool = sqlx::query_scalar(
-            "SELECT NOT EXISTS (SELECT 1 FROM model_versions
-                                WHERE model_id = $1 AND model_version > $2 AND kind <> 'gradient')",
-        )
-        .bind(model_id)
-        .bind(old.version)
-        .fetch_one(&mut *tx)
-        .await?;
+        let plain = version::only_learned_since(&mut *tx, model_id, old.version).await?;
         let same_model = model.kind == old.learner.kind && model.settings == old.learner.config;
         if !(plain && same_model) {
             let params = params::load_all(&mut *tx, model_id).await?;
@@ -255,18 +248,8 @@ impl ModelCache {
             let v = self.install(served, "full").version;
             return Ok(Refresh::Full(v));
         }
-        let rows = sqlx::query(&format!(
-            "SELECT {STATE_COLUMNS} FROM model_parameters WHERE model_id = $1 AND version > $2"
-        ))
-        .bind(model_id)
-        .bind(old.version)
-        .fetch_all(&mut *tx)
-        .await?;
+        let changed = params::changed_since(&mut *tx, model_id, old.version).await?;
         tx.commit().await?;
-        let changed = rows
-            .iter()
-            .map(state_from_row)
-            .collect::<Result<Vec<_>, _>>()?;
         let big = old.learner.params.len() > BLOCKING_BUILD_THRESHOLD;
         let build = move || {
             let mut params = old.learner.params.clone();
@@ -329,11 +312,7 @@ impl ModelCache {
             return Ok(0);
         }
         let ids: Vec<Uuid> = cached.iter().map(|(id, _)| *id).collect();
-        let rows: Vec<(Uuid, i64)> =
-            sqlx::query_as("SELECT model_id, version FROM models WHERE model_id = ANY($1)")
-                .bind(&ids)
-                .fetch_all(&self.pool)
-                .await?;
+        let rows = models::versions_of(&self.pool, &ids).await?;
         let mut cached: HashMap<Uuid, i64> = cached.into_iter().collect();
         let mut behind = 0;
         for (model_id, version) in rows {

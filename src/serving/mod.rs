@@ -3,7 +3,7 @@
 //!
 //! - [`cache`]: the models in memory, one immutable copy per model and version, swapped
 //!   atomically.
-//! - Freshness: a listener on [`crate::versions::VERSION_CHANNEL`] refreshes a cached model as
+//! - Freshness: a listener on [`crate::timeline::version::VERSION_CHANNEL`] refreshes a cached model as
 //!   soon as a new version is committed; a periodic version check is the fallback when
 //!   notifications are lost, and every cached model is re-checked after the listener
 //!   reconnects. The listener's connection carries `application_name` [`LISTENER_APP_NAME`].
@@ -23,7 +23,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::metrics;
-use crate::versions::VERSION_CHANNEL;
+use crate::timeline::version::VERSION_CHANNEL;
 
 pub use cache::{ModelCache, Refresh, ServedModel};
 pub use log::{LogRecord, PredictionLog};

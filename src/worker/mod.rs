@@ -15,9 +15,11 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use crate::learner::{reset_state, Learner, ModelKind, ParamState, INTERCEPT};
-use crate::models::{self, ModelError};
-use crate::params::{self, ParamChange};
-use crate::versions::{self, VersionRecord};
+use crate::models::{self, ModelError, ModelStatus};
+use crate::params::{self, ParamChange, UpdateType};
+use crate::timeline::rollback::{self, RollbackTarget};
+use crate::timeline::snapshots::{self, SnapshotKind};
+use crate::timeline::version::{self, VersionRecord};
 
 /// The channel the feedback trigger notifies (a hint: workers also poll).
 pub const FEEDBACK_CHANNEL: &str = "olps_feedback";
@@ -29,7 +31,7 @@ pub enum WorkerError {
     #[error(transparent)]
     Model(#[from] ModelError),
     #[error(transparent)]
-    History(#[from] crate::history::HistoryError),
+    History(#[from] crate::timeline::error::TimelineError),
 }
 
 #[derive(Debug, Clone)]
@@ -115,7 +117,7 @@ impl Worker {
             tx.rollback().await?;
             return Ok(BatchOutcome::Skipped);
         };
-        if model.status != "active" {
+        if model.status != ModelStatus::Active {
             tx.rollback().await?;
             return Ok(BatchOutcome::Skipped);
         }
@@ -232,13 +234,13 @@ impl Worker {
             // The state before the adaptation, as a rollback target for the guard. It is taken
             // before this batch's changes are written, so it is exactly the previous version.
             let label = format!("auto-before-adaptation-v{version}");
-            crate::snapshots::create_in_tx(
+            snapshots::copy(
                 &mut tx,
                 model_id,
                 model.version,
                 model.examples_seen,
                 Some(&label),
-                "auto",
+                SnapshotKind::Auto,
             )
             .await?;
         }
@@ -246,7 +248,7 @@ impl Worker {
             &mut tx,
             model_id,
             version,
-            "gradient",
+            UpdateType::Gradient,
             &self.config.source,
             &changes,
         )
@@ -254,7 +256,7 @@ impl Worker {
         let applied: Vec<Uuid> = examples.iter().map(|(id, _)| *id).collect();
         queue::acknowledge(&mut tx, model_id, version, &applied).await?;
         let record = VersionRecord {
-            kind: "gradient",
+            kind: UpdateType::Gradient,
             examples: examples.len() as i32,
             loss_sum,
             correct: (model.kind == ModelKind::Logistic).then_some(correct),
@@ -268,7 +270,7 @@ impl Worker {
             ),
         };
         drift::record_events(&mut tx, model_id, version, &drift_events).await?;
-        versions::commit_version(
+        version::commit_version(
             &mut tx,
             model_id,
             version,
@@ -276,7 +278,7 @@ impl Worker {
             &record,
         )
         .await?;
-        crate::snapshots::maybe_auto_snapshot(&mut tx, model_id, version).await?;
+        snapshots::maybe_auto_snapshot(&mut tx, model_id, version).await?;
         tx.commit().await?;
         crate::metrics::worker_batch(&model.name, examples.len(), dead.len(), loss_sum);
 
@@ -326,8 +328,10 @@ impl Worker {
         // Quarantine first, so no batch can slip in between the rollback and the quarantine.
         if crate::monitor::quarantine(&self.pool, model_id, &reason).await? {
             self.cache.remove(&model_id);
-            let target = crate::rollback::RollbackTarget::Snapshot(trip.snapshot_id.to_string());
-            let outcome = crate::rollback::rollback(&self.pool, model_id, &target).await?;
+            let target = RollbackTarget::Snapshot(trip.snapshot_id.to_string());
+            let mut tx = self.pool.begin().await?;
+            let outcome = rollback::rollback(&mut tx, model_id, &target).await?;
+            tx.commit().await?;
             tracing::error!(
                 %model_id,
                 version,

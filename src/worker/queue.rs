@@ -2,11 +2,11 @@
 //! queue order, acknowledging applied rows and dead-lettering the ones that cannot be learned.
 
 use serde_json::Value;
-use sqlx::{PgConnection, PgExecutor, Row};
+use sqlx::{FromRow, PgConnection, PgExecutor};
 use uuid::Uuid;
 
 /// A claimed queue row with what the learner needs from its event.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, FromRow)]
 pub struct ClaimedRow {
     pub queue_id: Uuid,
     pub feedback_id: Uuid,
@@ -71,8 +71,9 @@ pub async fn claim(
     limit: i64,
 ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
     plan_for_any_statistics(&mut *conn).await?;
-    let rows = sqlx::query(
-        "SELECT q.id, q.feedback_id, e.entity_id, e.feedback_value, e.confidence,
+    sqlx::query_as(
+        "SELECT q.id AS queue_id, q.feedback_id, e.entity_id, e.feedback_value AS label,
+                e.confidence,
                 e.metadata -> 'features' AS features,
                 CASE WHEN e.metadata ? 'features' THEN NULL ELSE (
                     SELECT p.features FROM prediction_log p
@@ -88,20 +89,7 @@ pub async fn claim(
     .bind(model_id)
     .bind(limit)
     .fetch_all(conn)
-    .await?;
-    rows.iter()
-        .map(|r| {
-            Ok(ClaimedRow {
-                queue_id: r.try_get(0)?,
-                feedback_id: r.try_get(1)?,
-                entity_id: r.try_get(2)?,
-                label: r.try_get(3)?,
-                confidence: r.try_get(4)?,
-                features: r.try_get(5)?,
-                logged_features: r.try_get(6)?,
-            })
-        })
-        .collect()
+    .await
 }
 
 /// Deletes the applied queue rows and marks their events processed by `version`, in one statement.

@@ -20,10 +20,12 @@ use utoipa_axum::routes;
 
 use super::openapi::ErrorBody;
 use super::{parse_json, ApiError, AppState};
-use crate::history::{self, At, HistoryError, HistoryFilter, ParametersAt};
+use crate::timeline::error::TimelineError;
+use crate::timeline::history::{self, HistoryFilter};
+use crate::timeline::reconstruct::{self, At, ParametersAt};
 use crate::models;
-use crate::rollback::{self, RollbackOutcome, RollbackTarget};
-use crate::snapshots::{self, Snapshot, SnapshotPolicy};
+use crate::timeline::rollback::{self, RollbackOutcome, RollbackTarget};
+use crate::timeline::snapshots::{self, Lock, Snapshot, SnapshotPolicy};
 
 pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new()
@@ -181,23 +183,23 @@ pub struct UpdatesDoc {
     updates: Vec<UpdateRowDoc>,
 }
 
-impl From<HistoryError> for ApiError {
-    fn from(e: HistoryError) -> Self {
+impl From<TimelineError> for ApiError {
+    fn from(e: TimelineError) -> Self {
         match e {
-            HistoryError::Model(m) => m.into(),
-            HistoryError::SnapshotNotFound(_) => ApiError::not_found(e.to_string()),
-            HistoryError::VersionNotFound { .. } => {
+            TimelineError::Model(m) => m.into(),
+            TimelineError::SnapshotNotFound(_) => ApiError::not_found(e.to_string()),
+            TimelineError::VersionNotFound { .. } => {
                 ApiError::new(StatusCode::NOT_FOUND, "version_not_found", e.to_string())
             }
-            HistoryError::DuplicateLabel(_) => ApiError::conflict(e.to_string()),
-            HistoryError::SnapshotInUse { .. } => {
+            TimelineError::DuplicateLabel(_) => ApiError::conflict(e.to_string()),
+            TimelineError::SnapshotInUse { .. } => {
                 ApiError::new(StatusCode::CONFLICT, "snapshot_in_use", e.to_string())
             }
-            HistoryError::Unreachable { .. } => {
+            TimelineError::Unreachable { .. } => {
                 ApiError::new(StatusCode::GONE, "version_unreachable", e.to_string())
             }
-            HistoryError::InvalidArgument(_) => ApiError::bad_request(e.to_string()),
-            HistoryError::Db(_) => ApiError::internal(e),
+            TimelineError::InvalidArgument(_) => ApiError::bad_request(e.to_string()),
+            TimelineError::Db(_) => ApiError::internal(e),
         }
     }
 }
@@ -280,7 +282,9 @@ async fn create_snapshot(
         _ => parse_json(body)?,
     };
     let model_id = models::resolve_id(&state.pool, &model).await?;
-    let snapshot = snapshots::create(&state.pool, model_id, request.label.as_deref()).await?;
+    let mut tx = state.pool.begin().await?;
+    let snapshot = snapshots::create(&mut tx, model_id, request.label.as_deref()).await?;
+    tx.commit().await?;
     Ok((StatusCode::CREATED, Json(snapshot)))
 }
 
@@ -300,7 +304,7 @@ async fn list_snapshots(
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let model_id = models::resolve_id(&state.pool, &model).await?;
-    let list = snapshots::list(&state.pool, model_id).await?;
+    let list = snapshots::list(&mut *state.pool.acquire().await?, model_id).await?;
     Ok(Json(json!({"model_id": model_id, "snapshots": list})))
 }
 
@@ -320,8 +324,9 @@ async fn show_snapshot(
     Path((model, snapshot)): Path<(String, String)>,
 ) -> Result<Json<Snapshot>, ApiError> {
     let model_id = models::resolve_id(&state.pool, &model).await?;
+    let mut conn = state.pool.acquire().await?;
     Ok(Json(
-        snapshots::find(&state.pool, model_id, &snapshot).await?,
+        snapshots::find(&mut conn, model_id, &snapshot, Lock::None).await?,
     ))
 }
 
@@ -343,7 +348,9 @@ async fn delete_snapshot(
     Path((model, snapshot)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let model_id = models::resolve_id(&state.pool, &model).await?;
-    let deleted = snapshots::delete(&state.pool, model_id, &snapshot).await?;
+    let mut tx = state.pool.begin().await?;
+    let deleted = snapshots::delete(&mut tx, model_id, &snapshot).await?;
+    tx.commit().await?;
     Ok(Json(json!({"deleted": deleted})))
 }
 
@@ -434,9 +441,10 @@ async fn rollback(
         }
     };
     let model_id = models::resolve_id(&state.pool, &model).await?;
-    Ok(Json(
-        rollback::rollback(&state.pool, model_id, &target).await?,
-    ))
+    let mut tx = state.pool.begin().await?;
+    let outcome = rollback::rollback(&mut tx, model_id, &target).await?;
+    tx.commit().await?;
+    Ok(Json(outcome))
 }
 
 /// Every parameter (value and optimizer state) at the current version, at `version`, or at the
@@ -472,9 +480,10 @@ async fn parameters(
         (None, None) => At::Current,
     };
     let model_id = models::resolve_id(&state.pool, &model).await?;
-    Ok(Json(
-        history::parameters_at(&state.pool, model_id, at).await?,
-    ))
+    let mut tx = state.pool.begin().await?;
+    let read = reconstruct::parameters_at(&mut tx, model_id, at).await?;
+    tx.commit().await?;
+    Ok(Json(read))
 }
 
 /// The model's update history, newest first (by version, then parameter).
@@ -509,6 +518,6 @@ async fn updates(
     };
     filter.validate()?;
     let model_id = models::resolve_id(&state.pool, &model).await?;
-    let rows = history::updates(&state.pool, model_id, &filter).await?;
+    let rows = history::updates(&mut *state.pool.acquire().await?, model_id, &filter).await?;
     Ok(Json(json!({"model_id": model_id, "updates": rows})))
 }

@@ -5,24 +5,48 @@
 
 use chrono::{DateTime, Utc};
 use serde::{Deserialize, Serialize};
-use sqlx::postgres::PgRow;
-use sqlx::{PgConnection, PgPool, Row};
+use sqlx::{FromRow, PgConnection, PgExecutor};
 use uuid::Uuid;
 
-use crate::history::HistoryError;
+use super::error::TimelineError;
+use super::reconstruct::horizon;
 use crate::models::ModelError;
 
 pub const MAX_LABEL_LEN: usize = 200;
 
+/// Who took a snapshot: a person or script (`manual`), or olps itself (`auto`: the policy, or
+/// the worker before a drift adaptation).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
+#[serde(rename_all = "lowercase")]
+#[sqlx(type_name = "text", rename_all = "lowercase")]
+pub enum SnapshotKind {
+    Manual,
+    Auto,
+}
+
+impl SnapshotKind {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            SnapshotKind::Manual => "manual",
+            SnapshotKind::Auto => "auto",
+        }
+    }
+}
+
+impl std::fmt::Display for SnapshotKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// A snapshot's header (its parameters are in `snapshot_parameters`).
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, FromRow)]
 pub struct Snapshot {
     pub snapshot_id: Uuid,
     pub model_id: Uuid,
     pub model_version: i64,
     pub label: Option<String>,
-    /// `manual` or `auto`.
-    pub kind: String,
+    pub kind: SnapshotKind,
     pub parameter_count: i64,
     pub examples_seen: i64,
     pub created_at: DateTime<Utc>,
@@ -31,23 +55,10 @@ pub struct Snapshot {
 const COLUMNS: &str =
     "snapshot_id, model_id, model_version, label, kind, parameter_count, examples_seen, created_at";
 
-fn from_row(row: &PgRow) -> Result<Snapshot, sqlx::Error> {
-    Ok(Snapshot {
-        snapshot_id: row.try_get("snapshot_id")?,
-        model_id: row.try_get("model_id")?,
-        model_version: row.try_get("model_version")?,
-        label: row.try_get("label")?,
-        kind: row.try_get("kind")?,
-        parameter_count: row.try_get("parameter_count")?,
-        examples_seen: row.try_get("examples_seen")?,
-        created_at: row.try_get("created_at")?,
-    })
-}
-
 /// A label: 1..=200 characters, no control characters, not a UUID (snapshots are addressed by
 /// UUID or label).
-pub fn validate_label(label: &str) -> Result<(), HistoryError> {
-    let invalid = |m: &str| Err(HistoryError::InvalidArgument(format!("label: {m}")));
+pub fn validate_label(label: &str) -> Result<(), TimelineError> {
+    let invalid = |m: &str| Err(TimelineError::InvalidArgument(format!("label: {m}")));
     if label.trim().is_empty() {
         return invalid("must not be empty");
     }
@@ -63,17 +74,17 @@ pub fn validate_label(label: &str) -> Result<(), HistoryError> {
     Ok(())
 }
 
-/// Snapshots the model's current version. Runs in a REPEATABLE READ transaction, so the version
-/// and the parameters come from one committed state without blocking the worker.
+/// Snapshots the model's current version, in a transaction the caller has just begun (this
+/// makes it REPEATABLE READ, so the version and the parameters come from one committed state
+/// without blocking the worker); the caller commits.
 pub async fn create(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     model_id: Uuid,
     label: Option<&str>,
-) -> Result<Snapshot, HistoryError> {
+) -> Result<Snapshot, TimelineError> {
     if let Some(label) = label {
         validate_label(label)?;
     }
-    let mut tx = pool.begin().await?;
     sqlx::query("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
         .execute(&mut *tx)
         .await?;
@@ -83,27 +94,32 @@ pub async fn create(
             .fetch_optional(&mut *tx)
             .await?;
     let (version, examples_seen) = row.ok_or_else(|| ModelError::NotFound(model_id.to_string()))?;
-    let snapshot = create_in_tx(&mut tx, model_id, version, examples_seen, label, "manual")
-        .await
-        .map_err(|e| match &e {
-            sqlx::Error::Database(d) if d.is_unique_violation() => {
-                HistoryError::DuplicateLabel(label.unwrap_or_default().to_string())
-            }
-            _ => HistoryError::Db(e),
-        })?;
-    tx.commit().await?;
-    Ok(snapshot)
+    copy(
+        tx,
+        model_id,
+        version,
+        examples_seen,
+        label,
+        SnapshotKind::Manual,
+    )
+    .await
+    .map_err(|e| match &e {
+        sqlx::Error::Database(d) if d.is_unique_violation() => {
+            TimelineError::DuplicateLabel(label.unwrap_or_default().to_string())
+        }
+        _ => TimelineError::Db(e),
+    })
 }
 
 /// Copies the model's parameters as the caller's transaction sees them, recorded as `version`.
 /// The caller guarantees they are that version's (a lock, or a REPEATABLE READ snapshot).
-pub async fn create_in_tx(
+pub async fn copy(
     conn: &mut PgConnection,
     model_id: Uuid,
     version: i64,
     examples_seen: i64,
     label: Option<&str>,
-    kind: &str,
+    kind: SnapshotKind,
 ) -> Result<Snapshot, sqlx::Error> {
     let snapshot_id: Uuid = sqlx::query_scalar(
         "INSERT INTO snapshots (model_id, model_version, label, kind, examples_seen)
@@ -129,7 +145,7 @@ pub async fn create_in_tx(
     .execute(&mut *conn)
     .await?
     .rows_affected() as i64;
-    let row = sqlx::query(&format!(
+    sqlx::query_as(&format!(
         "UPDATE snapshots SET parameter_count = $3 WHERE model_id = $1 AND snapshot_id = $2
          RETURNING {COLUMNS}"
     ))
@@ -137,66 +153,75 @@ pub async fn create_in_tx(
     .bind(snapshot_id)
     .bind(copied)
     .fetch_one(&mut *conn)
-    .await?;
-    from_row(&row)
+    .await
 }
 
 /// A model's snapshots, oldest version first.
-pub async fn list(pool: &PgPool, model_id: Uuid) -> Result<Vec<Snapshot>, HistoryError> {
-    let mut conn = pool.acquire().await?;
-    crate::history::horizon(&mut conn, model_id).await?;
-    let rows = sqlx::query(&format!(
+pub async fn list(conn: &mut PgConnection, model_id: Uuid) -> Result<Vec<Snapshot>, TimelineError> {
+    horizon(&mut *conn, model_id).await?;
+    Ok(sqlx::query_as(&format!(
         "SELECT {COLUMNS} FROM snapshots WHERE model_id = $1
          ORDER BY model_version, created_at, snapshot_id"
     ))
     .bind(model_id)
     .fetch_all(&mut *conn)
-    .await?;
-    Ok(rows.iter().map(from_row).collect::<Result<_, _>>()?)
+    .await?)
 }
 
-fn key_condition(key: &str) -> (&'static str, Option<Uuid>) {
-    match Uuid::parse_str(key) {
-        Ok(id) => ("snapshot_id = $2", Some(id)),
-        Err(_) => ("label = $2", None),
-    }
+/// The row lock [`find`] takes on the snapshot it returns.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Lock {
+    None,
+    /// Keeps a concurrent delete waiting (reads that start from the snapshot).
+    KeyShare,
+    /// For a delete.
+    Update,
 }
 
-/// A snapshot of the model by UUID or label; `lock` adds a row lock (e.g. `FOR KEY SHARE`).
-pub(crate) async fn find_in(
+/// A snapshot of the model by UUID or label, locked as asked for the rest of the caller's
+/// transaction. A missing model and a missing snapshot are told apart.
+pub async fn find(
     conn: &mut PgConnection,
     model_id: Uuid,
     key: &str,
-    lock: &str,
-) -> Result<Snapshot, HistoryError> {
-    let (condition, id) = key_condition(key);
+    lock: Lock,
+) -> Result<Snapshot, TimelineError> {
+    let lock = match lock {
+        Lock::None => "",
+        Lock::KeyShare => "FOR KEY SHARE",
+        Lock::Update => "FOR UPDATE",
+    };
+    let (condition, id) = match Uuid::parse_str(key) {
+        Ok(id) => ("snapshot_id = $2", Some(id)),
+        Err(_) => ("label = $2", None),
+    };
     let sql = format!("SELECT {COLUMNS} FROM snapshots WHERE model_id = $1 AND {condition} {lock}");
-    let query = sqlx::query(&sql).bind(model_id);
+    let query = sqlx::query_as(&sql).bind(model_id);
     let query = match id {
         Some(id) => query.bind(id),
         None => query.bind(key),
     };
     match query.fetch_optional(&mut *conn).await? {
-        Some(row) => Ok(from_row(&row)?),
-        None => Err(HistoryError::SnapshotNotFound(key.to_string())),
+        Some(snapshot) => Ok(snapshot),
+        None => {
+            horizon(&mut *conn, model_id).await?;
+            Err(TimelineError::SnapshotNotFound(key.to_string()))
+        }
     }
 }
 
-/// A snapshot of the model by UUID or label.
-pub async fn find(pool: &PgPool, model_id: Uuid, key: &str) -> Result<Snapshot, HistoryError> {
-    let mut conn = pool.acquire().await?;
-    crate::history::horizon(&mut conn, model_id).await?;
-    find_in(&mut conn, model_id, key, "").await
-}
-
 /// Deletes a snapshot (by UUID or label) and its parameters; refuses the one the retained
-/// history starts from after a prune. Does not block the worker.
-pub async fn delete(pool: &PgPool, model_id: Uuid, key: &str) -> Result<Snapshot, HistoryError> {
-    let mut tx = pool.begin().await?;
-    crate::history::horizon(&mut tx, model_id).await?;
+/// history starts from after a prune. Does not block the worker. Runs in the caller's
+/// transaction, which holds the snapshot's lock until it ends.
+pub async fn delete(
+    tx: &mut PgConnection,
+    model_id: Uuid,
+    key: &str,
+) -> Result<Snapshot, TimelineError> {
+    horizon(&mut *tx, model_id).await?;
     // Lock first: a prune choosing this snapshot as its floor holds it share-locked until it
     // commits, and the horizon is read again after the lock is granted.
-    let snapshot = find_in(&mut tx, model_id, key, "FOR UPDATE").await?;
+    let snapshot = find(&mut *tx, model_id, key, Lock::Update).await?;
     let pruned_through: i64 =
         sqlx::query_scalar("SELECT history_pruned_through FROM models WHERE model_id = $1")
             .bind(model_id)
@@ -212,7 +237,7 @@ pub async fn delete(pool: &PgPool, model_id: Uuid, key: &str) -> Result<Snapshot
         .fetch_all(&mut *tx)
         .await?;
         if twins.len() <= 1 {
-            return Err(HistoryError::SnapshotInUse {
+            return Err(TimelineError::SnapshotInUse {
                 snapshot_id: snapshot.snapshot_id,
                 version: snapshot.model_version,
             });
@@ -228,7 +253,6 @@ pub async fn delete(pool: &PgPool, model_id: Uuid, key: &str) -> Result<Snapshot
     .bind(snapshot.snapshot_id)
     .execute(&mut *tx)
     .await?;
-    tx.commit().await?;
     Ok(snapshot)
 }
 
@@ -248,7 +272,7 @@ pub struct SnapshotPolicy {
 }
 
 impl SnapshotPolicy {
-    pub fn validate(&self) -> Result<(), HistoryError> {
+    pub fn validate(&self) -> Result<(), TimelineError> {
         for (name, value) in [
             ("every_versions", self.every_versions),
             ("every_minutes", self.every_minutes),
@@ -256,7 +280,7 @@ impl SnapshotPolicy {
         ] {
             if let Some(v) = value {
                 if v < 1 {
-                    return Err(HistoryError::InvalidArgument(format!(
+                    return Err(TimelineError::InvalidArgument(format!(
                         "{name}: must be 1 or more (leave it out to turn it off), got {v}"
                     )));
                 }
@@ -270,13 +294,16 @@ impl SnapshotPolicy {
     }
 }
 
-pub async fn policy(pool: &PgPool, model_id: Uuid) -> Result<SnapshotPolicy, HistoryError> {
+pub async fn policy(
+    db: impl PgExecutor<'_>,
+    model_id: Uuid,
+) -> Result<SnapshotPolicy, TimelineError> {
     let row: Option<(Option<i32>, Option<i32>, Option<i32>)> = sqlx::query_as(
         "SELECT auto_snapshot_every_versions, auto_snapshot_every_minutes, auto_snapshot_keep
          FROM models WHERE model_id = $1",
     )
     .bind(model_id)
-    .fetch_optional(pool)
+    .fetch_optional(db)
     .await?;
     let (every_versions, every_minutes, keep) =
         row.ok_or_else(|| ModelError::NotFound(model_id.to_string()))?;
@@ -289,10 +316,10 @@ pub async fn policy(pool: &PgPool, model_id: Uuid) -> Result<SnapshotPolicy, His
 
 /// Replaces a model's policy (None fields turn that part off).
 pub async fn set_policy(
-    pool: &PgPool,
+    db: impl PgExecutor<'_>,
     model_id: Uuid,
     policy: &SnapshotPolicy,
-) -> Result<SnapshotPolicy, HistoryError> {
+) -> Result<SnapshotPolicy, TimelineError> {
     policy.validate()?;
     let updated = sqlx::query(
         "UPDATE models SET auto_snapshot_every_versions = $2, auto_snapshot_every_minutes = $3,
@@ -303,7 +330,7 @@ pub async fn set_policy(
     .bind(policy.every_versions)
     .bind(policy.every_minutes)
     .bind(policy.keep)
-    .execute(pool)
+    .execute(db)
     .await?;
     if updated.rows_affected() == 0 {
         return Err(ModelError::NotFound(model_id.to_string()).into());
@@ -320,7 +347,14 @@ pub async fn maybe_auto_snapshot(
     model_id: Uuid,
     version: i64,
 ) -> Result<Option<Snapshot>, sqlx::Error> {
-    let row = sqlx::query(
+    #[derive(FromRow)]
+    struct Due {
+        examples_seen: i64,
+        auto_snapshot_keep: Option<i32>,
+        history_pruned_through: i64,
+        due: Option<bool>,
+    }
+    let row: Option<Due> = sqlx::query_as(
         "SELECT m.examples_seen, m.auto_snapshot_keep, m.history_pruned_through,
                 (m.auto_snapshot_every_versions IS NOT NULL
                  AND $2 - coalesce(last.version, 0) >= m.auto_snapshot_every_versions)
@@ -340,16 +374,16 @@ pub async fn maybe_auto_snapshot(
     .bind(version)
     .fetch_optional(&mut *conn)
     .await?;
-    let Some(row) = row else {
+    let Some(Due {
+        examples_seen,
+        auto_snapshot_keep: keep,
+        history_pruned_through: pruned_through,
+        due: Some(true),
+    }) = row
+    else {
         return Ok(None);
     };
-    if !row.try_get::<Option<bool>, _>("due")?.unwrap_or(false) {
-        return Ok(None);
-    }
-    let examples_seen: i64 = row.try_get("examples_seen")?;
-    let keep: Option<i32> = row.try_get("auto_snapshot_keep")?;
-    let pruned_through: i64 = row.try_get("history_pruned_through")?;
-    let snapshot = create_in_tx(conn, model_id, version, examples_seen, None, "auto").await?;
+    let snapshot = copy(conn, model_id, version, examples_seen, None, SnapshotKind::Auto).await?;
     if let Some(keep) = keep {
         // Only the policy's own (unlabelled) snapshots, never the floor of pruned history, and
         // not those a prune or delete holds right now. Labelled automatic snapshots (the
@@ -358,7 +392,7 @@ pub async fn maybe_auto_snapshot(
             "WITH gone AS (
                  DELETE FROM snapshots WHERE model_id = $1 AND snapshot_id IN (
                      SELECT snapshot_id FROM snapshots
-                     WHERE model_id = $1 AND kind = 'auto' AND label IS NULL
+                     WHERE model_id = $1 AND kind = $4 AND label IS NULL
                        AND NOT ($3 > 0 AND model_version = $3)
                      ORDER BY model_version DESC, created_at DESC, snapshot_id
                      OFFSET $2
@@ -371,6 +405,7 @@ pub async fn maybe_auto_snapshot(
         .bind(model_id)
         .bind(i64::from(keep))
         .bind(pruned_through)
+        .bind(SnapshotKind::Auto)
         .execute(&mut *conn)
         .await?;
         tracing::debug!(%model_id, rows = trimmed.rows_affected(), "trimmed automatic snapshots");

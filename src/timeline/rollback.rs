@@ -9,13 +9,15 @@
 //! unbroken. The worker's cached learner is invalidated by the version bump.
 
 use serde::Serialize;
-use sqlx::PgPool;
+use sqlx::PgConnection;
 use uuid::Uuid;
 
-use crate::history::{self, Base, HistoryError, Lookup, FULL_TARGET};
+use super::error::TimelineError;
+use super::reconstruct::{self, Base, Lookup, FULL_TARGET};
 use crate::models::{self, ModelError};
-use crate::snapshots;
-use crate::versions::{self, VersionRecord};
+use crate::params::UpdateType;
+use super::snapshots::{self, Lock};
+use super::version::{self, commit_version, VersionRecord};
 
 /// Recorded as `parameter_updates.source` and `model_versions.source`.
 pub const ROLLBACK_SOURCE: &str = "rollback";
@@ -60,44 +62,45 @@ pub struct RollbackOutcome {
     pub plan: &'static str,
 }
 
+/// Rolls a model back (or forward) to a version or snapshot, as a new version, in the caller's
+/// transaction: it takes the model's lock, which the caller holds until it commits.
 pub async fn rollback(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     model_id: Uuid,
     target: &RollbackTarget,
-) -> Result<RollbackOutcome, HistoryError> {
-    rollback_with(pool, model_id, target, RollbackPlan::Auto).await
+) -> Result<RollbackOutcome, TimelineError> {
+    rollback_with(tx, model_id, target, RollbackPlan::Auto).await
 }
 
 /// [`rollback`] with a chosen plan (tests compare them).
 pub async fn rollback_with(
-    pool: &PgPool,
+    tx: &mut PgConnection,
     model_id: Uuid,
     target: &RollbackTarget,
     plan: RollbackPlan,
-) -> Result<RollbackOutcome, HistoryError> {
+) -> Result<RollbackOutcome, TimelineError> {
     if let RollbackTarget::Version(v) = target {
         if *v < 0 {
-            return Err(HistoryError::InvalidArgument(format!(
+            return Err(TimelineError::InvalidArgument(format!(
                 "to_version: must be 0 or more, got {v}"
             )));
         }
     }
-    let mut tx = pool.begin().await?;
-    let model = models::lock(&mut tx, model_id, false)
+    let model = models::lock(&mut *tx, model_id, false)
         .await?
         .ok_or_else(|| ModelError::NotFound(model_id.to_string()))?;
-    sqlx::query(history::RECONSTRUCTION_WORK_MEM)
+    sqlx::query(reconstruct::RECONSTRUCTION_WORK_MEM)
         .execute(&mut *tx)
         .await?;
-    let horizon = history::horizon(&mut tx, model_id).await?;
+    let horizon = reconstruct::horizon(&mut *tx, model_id).await?;
     let (to, base, snapshot_id) = match target {
         RollbackTarget::Version(v) => {
-            let base = history::base_for(&mut tx, model_id, *v, horizon, true).await?;
+            let base = reconstruct::base_for(&mut *tx, model_id, *v, horizon, true).await?;
             (*v, base, None)
         }
         RollbackTarget::Snapshot(key) => {
-            let s = snapshots::find_in(&mut tx, model_id, key, "FOR KEY SHARE").await?;
-            history::check_version(s.model_version, horizon)?;
+            let s = snapshots::find(&mut *tx, model_id, key, Lock::KeyShare).await?;
+            reconstruct::check_version(s.model_version, horizon)?;
             let base = Base {
                 snapshot_id: Some(s.snapshot_id),
                 version: s.model_version,
@@ -113,24 +116,17 @@ pub async fn rollback_with(
         RollbackPlan::Auto | RollbackPlan::Incremental(_) => None,
     };
     let lookup = match lookup {
-        Some(l) => Some(history::choose_lookup(&mut tx, model_id, to, base, l).await?),
+        Some(l) => Some(reconstruct::choose_lookup(&mut *tx, model_id, to, base, l).await?),
         None => None,
     };
     let (examples_seen, learner_state): (i64, Option<serde_json::Value>) = if to == 0 {
         (0, Some(serde_json::json!({})))
     } else {
-        sqlx::query_as(
-            "SELECT examples_seen, learner_state FROM model_versions
-             WHERE model_id = $1 AND model_version = $2",
-        )
-        .bind(model_id)
-        .bind(to)
-        .fetch_one(&mut *tx)
-        .await?
+        version::examples_and_state_at(&mut *tx, model_id, to).await?
     };
     let version = model.version + 1;
     let target_sql = match lookup {
-        Some(lookup) => history::changed_and_target(lookup),
+        Some(lookup) => reconstruct::changed_and_target(lookup),
         None => FULL_TARGET.to_string(),
     };
     let metadata = serde_json::json!({"rolled_back_to": to, "snapshot_id": snapshot_id});
@@ -189,16 +185,15 @@ pub async fn rollback_with(
     .fetch_one(&mut *tx)
     .await?;
     let record = VersionRecord {
-        kind: "rollback",
+        kind: UpdateType::Rollback,
         parameters_changed: changed as i32,
         rolled_back_to: Some(to),
         source: Some(ROLLBACK_SOURCE.to_string()),
         learner_state: learner_state.or_else(|| Some(serde_json::json!({}))),
         ..VersionRecord::default()
     };
-    versions::commit_version(&mut tx, model_id, version, examples_seen, &record).await?;
-    snapshots::maybe_auto_snapshot(&mut tx, model_id, version).await?;
-    tx.commit().await?;
+    commit_version(&mut *tx, model_id, version, examples_seen, &record).await?;
+    snapshots::maybe_auto_snapshot(&mut *tx, model_id, version).await?;
     tracing::info!(%model_id, version, rolled_back_to = to, parameters_changed = changed,
         parameters_zeroed = zeroed, "rolled back");
     Ok(RollbackOutcome {

@@ -5,10 +5,11 @@ use clap::{Args, Subcommand, ValueEnum};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-use crate::history::{self, At, HistoryFilter, ParametersAt, UpdateRow};
+use crate::timeline::history::{self, HistoryFilter, UpdateRow};
+use crate::timeline::reconstruct::{self, At, ParametersAt};
 use crate::models;
-use crate::rollback::{self, RollbackTarget};
-use crate::snapshots::{self, Snapshot, SnapshotPolicy};
+use crate::timeline::rollback::{self, RollbackTarget};
+use crate::timeline::snapshots::{self, Snapshot, SnapshotPolicy};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum OutputFormat {
@@ -161,7 +162,9 @@ pub async fn run_snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
             }
             let pool = open().await?;
             let model_id = resolve(&pool, &model).await?;
-            let s = snapshots::create(&pool, model_id, label.as_deref()).await?;
+            let mut tx = pool.begin().await?;
+            let s = snapshots::create(&mut tx, model_id, label.as_deref()).await?;
+            tx.commit().await?;
             println!(
                 "snapshot of model {} at version {}{}: {} parameters",
                 s.model_id,
@@ -177,12 +180,15 @@ pub async fn run_snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
         SnapshotCommand::List { model, format } => {
             let pool = open().await?;
             let model_id = resolve(&pool, &model).await?;
-            print_snapshots(&snapshots::list(&pool, model_id).await?, format)?;
+            let list = snapshots::list(&mut *pool.acquire().await?, model_id).await?;
+            print_snapshots(&list, format)?;
         }
         SnapshotCommand::Delete { model, snapshot } => {
             let pool = open().await?;
             let model_id = resolve(&pool, &model).await?;
-            let s = snapshots::delete(&pool, model_id, &snapshot).await?;
+            let mut tx = pool.begin().await?;
+            let s = snapshots::delete(&mut tx, model_id, &snapshot).await?;
+            tx.commit().await?;
             println!(
                 "deleted snapshot {} (version {}, {} parameters)",
                 s.snapshot_id, s.model_version, s.parameter_count
@@ -243,7 +249,7 @@ fn print_snapshots(list: &[Snapshot], format: OutputFormat) -> anyhow::Result<()
                         s.snapshot_id.to_string(),
                         s.model_version.to_string(),
                         s.label.clone().unwrap_or_default(),
-                        s.kind.clone(),
+                        s.kind.to_string(),
                         s.parameter_count.to_string(),
                         s.examples_seen.to_string(),
                         s.created_at.to_rfc3339(),
@@ -264,7 +270,9 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
     };
     let pool = open().await?;
     let model_id = resolve(&pool, &args.model).await?;
-    let outcome = rollback::rollback(&pool, model_id, &target).await?;
+    let mut tx = pool.begin().await?;
+    let outcome = rollback::rollback(&mut tx, model_id, &target).await?;
+    tx.commit().await?;
     if args.format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
         return Ok(());
@@ -295,7 +303,9 @@ pub async fn run_params(args: ParamsArgs) -> anyhow::Result<()> {
     };
     let pool = open().await?;
     let model_id = resolve(&pool, &args.model).await?;
-    let read = history::parameters_at(&pool, model_id, at).await?;
+    let mut tx = pool.begin().await?;
+    let read = reconstruct::parameters_at(&mut tx, model_id, at).await?;
+    tx.commit().await?;
     print_parameters(&read, args.format)
 }
 
@@ -353,7 +363,9 @@ pub async fn run_history(args: HistoryArgs) -> anyhow::Result<()> {
         let before = time_arg("before", &before)?;
         let pool = open().await?;
         let model_id = resolve(&pool, &model).await?;
-        let report = history::prune(&pool, model_id, before, dry_run).await?;
+        let mut tx = pool.begin().await?;
+        let report = history::prune(&mut tx, model_id, before, dry_run).await?;
+        tx.commit().await?;
         if format == OutputFormat::Json {
             println!("{}", serde_json::to_string_pretty(&report)?);
         } else {
@@ -390,7 +402,7 @@ pub async fn run_history(args: HistoryArgs) -> anyhow::Result<()> {
     filter.validate()?;
     let pool = open().await?;
     let model_id = resolve(&pool, &model).await?;
-    let rows = history::updates(&pool, model_id, &filter).await?;
+    let rows = history::updates(&mut *pool.acquire().await?, model_id, &filter).await?;
     print_updates(&rows, args.format)
 }
 
@@ -418,7 +430,7 @@ fn print_updates(rows: &[UpdateRow], format: OutputFormat) -> anyhow::Result<()>
                 r.parameter_id.clone(),
                 opt(r.old_value),
                 r.new_value.to_string(),
-                r.update_type.clone(),
+                r.update_type.to_string(),
                 opt(r.learning_rate),
                 r.source.clone().unwrap_or_default(),
                 r.timestamp.to_rfc3339(),
