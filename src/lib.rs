@@ -1,7 +1,18 @@
 //! olps: an online-learning parameter store backed by PostgreSQL.
 //!
-//! Layout: `schema` (migrations), `db` and `embedded` (which database), `learner` (pure online
-//! learning, no I/O), `models` and `feedback` (tables and validation), `http` (the API), `cli`.
+//! The modules, from the bottom up (none imports a module above it; `tests/module_graph.rs`
+//! fails on any import circle):
+//! - [`learner`]: the online learner and its drift detectors, pure (no I/O);
+//! - [`schema`] (the embedded migrations), [`db`] and [`embedded`] (which database);
+//! - table access, each module owning its tables' SQL, with functions that take the caller's
+//!   executor or transaction: [`models`] (`models`), [`params`] (`model_parameters` and the
+//!   history rows a batch appends), [`feedback`] (client events into `feedback_events`);
+//! - [`timeline`]: the version line — the version counter, history, snapshots, rollback and
+//!   roll-forward, point-in-time reads;
+//! - [`worker`]: the queue (`feedback_queue`) and the worker loop; [`monitor`]: drift events and
+//!   the guard; [`serving`]: the in-memory model per version and the prediction log;
+//! - the edges: [`http`] (the API, one router per area), [`cli`], [`demo`], [`bench`], with
+//!   [`runtime`] (a migrated database, the shutdown token) and [`metrics`] shared by them.
 
 pub mod bench;
 pub mod cli;

@@ -5,7 +5,7 @@
 //! The CSV has feature columns and the label last. Linear models learn the label as is; logistic
 //! models learn `label > 0` (for seed_stream.csv: the sign of the sum, which flips at row 1000).
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Instant;
 
 use anyhow::{bail, Context};
@@ -14,15 +14,18 @@ use super::{Ctx, Figure, Report};
 use crate::learner::{loss, Example, Learner, LearnerConfig, ModelKind, OptimizerKind};
 
 pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
-    let path = data_path(ctx.args.data.as_deref())?;
-    let rows = read_csv(&path)?;
+    let (file, rows) = match ctx.args.data.as_deref() {
+        Some(path) => (
+            path.file_name()
+                .map(|f| f.to_string_lossy().to_string())
+                .unwrap_or_default(),
+            read_csv(path)?,
+        ),
+        None => ("seed_stream.csv".to_string(), parse_csv(SEED_STREAM_CSV, "seed_stream.csv")?),
+    };
     if rows.is_empty() {
-        bail!("{} has no rows", path.display());
+        bail!("{file} has no rows");
     }
-    let file = path
-        .file_name()
-        .map(|f| f.to_string_lossy().to_string())
-        .unwrap_or_default();
     // Enough passes for a stable rate: the stream repeated with a fresh learner each pass.
     let target = ctx.args.events.unwrap_or(200_000).max(rows.len() as u64);
     let passes = (target as usize).div_ceil(rows.len()).max(1);
@@ -153,28 +156,20 @@ fn baselines(kind: ModelKind, examples: &[Example]) -> (f64, Option<f64>) {
 /// One CSV row: the features by column name, and the label.
 pub type Row = (Vec<(String, f64)>, f64);
 
-/// The CSV: --data, else ../shared/data/seed_stream.csv from the working directory or from the
-/// source tree.
-pub fn data_path(given: Option<&Path>) -> anyhow::Result<PathBuf> {
-    if let Some(p) = given {
-        return Ok(p.to_path_buf());
-    }
-    let candidates = [
-        PathBuf::from("../shared/data/seed_stream.csv"),
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../shared/data/seed_stream.csv"),
-    ];
-    candidates
-        .iter()
-        .find(|p| p.exists())
-        .cloned()
-        .context("no --data CSV given and ../shared/data/seed_stream.csv is not there")
-}
+/// The design document's drift example (`tests/data/seed_stream.csv`), built in so the
+/// benchmark needs no file beside the binary.
+pub const SEED_STREAM_CSV: &str = include_str!("../../tests/data/seed_stream.csv");
 
 /// Rows of a CSV with a header: every column but the last is a feature (named by the header),
 /// the last is the label.
 pub fn read_csv(path: &Path) -> anyhow::Result<Vec<Row>> {
     let text =
         std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    parse_csv(&text, &path.display().to_string())
+}
+
+/// [`read_csv`] of a CSV's text; `origin` names it in errors.
+pub fn parse_csv(text: &str, origin: &str) -> anyhow::Result<Vec<Row>> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<String> = lines
         .next()
@@ -183,7 +178,7 @@ pub fn read_csv(path: &Path) -> anyhow::Result<Vec<Row>> {
         .map(|s| s.trim().to_string())
         .collect();
     if header.len() < 2 {
-        bail!("{}: need feature columns and a label", path.display());
+        bail!("{origin}: need feature columns and a label");
     }
     lines
         .enumerate()
@@ -192,14 +187,9 @@ pub fn read_csv(path: &Path) -> anyhow::Result<Vec<Row>> {
                 .split(',')
                 .map(|v| v.trim().parse::<f64>())
                 .collect::<Result<_, _>>()
-                .with_context(|| format!("{} line {}: not numbers", path.display(), i + 2))?;
+                .with_context(|| format!("{origin} line {}: not numbers", i + 2))?;
             if values.len() != header.len() {
-                bail!(
-                    "{} line {}: {} columns",
-                    path.display(),
-                    i + 2,
-                    values.len()
-                );
+                bail!("{origin} line {}: {} columns", i + 2, values.len());
             }
             let features = header[..header.len() - 1]
                 .iter()

@@ -138,8 +138,8 @@ pub struct BenchArgs {
     /// e.g. '{"optimizer": "adam"}'). Default: the defaults of `olps model create`.
     #[arg(long)]
     pub settings: Option<String>,
-    /// CSV stream for `learn` (feature columns, then the label). Default:
-    /// ../shared/data/seed_stream.csv.
+    /// CSV stream for `learn` (feature columns, then the label). Default: the built-in
+    /// seed_stream.csv (tests/data/), the design document's drift example.
     #[arg(long)]
     pub data: Option<PathBuf>,
     /// Write the report as JSON to this file.
