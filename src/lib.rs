@@ -20,5 +20,6 @@ pub mod rollback;
 pub mod schema;
 pub mod serving;
 pub mod snapshots;
+pub mod validation;
 pub mod versions;
 pub mod worker;
