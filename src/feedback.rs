@@ -1,5 +1,7 @@
 //! Feedback ingest: validation of client events and their insert into `feedback_events`, one
-//! statement per batch. The row trigger enqueues each event in `feedback_queue`.
+//! statement per batch. The row trigger enqueues each event in `feedback_queue`. The rules and
+//! limits are those of [`crate::validation`] (README.md, "Limits"), which the worker applies to
+//! plain-SQL rows too.
 
 use chrono::{DateTime, Utc};
 use serde::Serialize;
@@ -8,12 +10,13 @@ use sqlx::PgExecutor;
 use uuid::Uuid;
 
 use crate::learner::ModelKind;
+use crate::validation::{self, Invalid, Problem};
+pub use crate::validation::{
+    MAX_ENTITY_ID_LEN, MAX_FEATURES, MAX_FEATURE_NAME_LEN, MAX_FEEDBACK_TYPE_LEN,
+};
 
+/// Events per request.
 pub const MAX_BATCH: usize = 10_000;
-pub const MAX_ENTITY_ID_LEN: usize = 256;
-pub const MAX_FEEDBACK_TYPE_LEN: usize = 64;
-pub const MAX_FEATURES: usize = 1_000;
-pub const MAX_FEATURE_NAME_LEN: usize = 200;
 
 /// A validation failure: the field path (e.g. `events[3].features.amount`) and what is wrong.
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
@@ -27,6 +30,15 @@ fn invalid(field: String, message: impl Into<String>) -> InvalidFeedback {
     InvalidFeedback {
         field,
         message: message.into(),
+    }
+}
+
+impl From<Invalid> for InvalidFeedback {
+    fn from(e: Invalid) -> Self {
+        InvalidFeedback {
+            field: e.field,
+            message: e.problem.to_string(),
+        }
     }
 }
 
@@ -115,39 +127,42 @@ pub fn parse_event(
             format!("unknown field; expected one of {}", KNOWN.join(", ")),
         ));
     }
-    let entity_id = bounded_string(event, "entity_id", MAX_ENTITY_ID_LEN, &field)?;
-    let feedback_type = bounded_string(event, "feedback_type", MAX_FEEDBACK_TYPE_LEN, &field)?;
+    let entity_id = checked_string(event, "entity_id", validation::check_entity_id, &field)?;
+    let feedback_type = checked_string(
+        event,
+        "feedback_type",
+        validation::check_feedback_type,
+        &field,
+    )?;
 
     let feedback_value = match event.get("feedback_value") {
         None | Some(Value::Null) => {
             return Err(invalid(field("feedback_value"), "is required (the label)"))
         }
-        Some(v) => finite_number(v).ok_or_else(|| {
-            invalid(
+        Some(v) => v.as_f64().ok_or_else(|| {
+            Invalid::new(
                 field("feedback_value"),
-                format!("must be a finite number, got {v}"),
+                Problem::WrongType {
+                    expected: "a finite number",
+                    got: v.to_string(),
+                },
             )
         })?,
     };
-    if kind == ModelKind::Logistic && !(0.0..=1.0).contains(&feedback_value) {
-        return Err(invalid(
-            field("feedback_value"),
-            format!("must be within [0, 1] for a logistic model, got {feedback_value}"),
-        ));
-    }
+    validation::check_label(kind.into(), feedback_value)
+        .map_err(|p| Invalid::new(field("feedback_value"), p))?;
 
     let confidence = match event.get("confidence") {
-        None | Some(Value::Null) => 1.0,
-        Some(v) => match finite_number(v) {
-            Some(c) if c > 0.0 && c <= 1.0 => c,
-            _ => {
-                return Err(invalid(
-                    field("confidence"),
-                    format!("must be a number in (0, 1], got {v}"),
-                ))
-            }
-        },
+        None | Some(Value::Null) => None,
+        Some(v) => Some(v.as_f64().ok_or_else(|| {
+            Invalid::new(
+                field("confidence"),
+                Problem::Confidence { got: v.to_string() },
+            )
+        })?),
     };
+    let confidence = validation::confidence_weight(confidence)
+        .map_err(|p| Invalid::new(field("confidence"), p))?;
 
     let mut metadata = match event.get("metadata") {
         None | Some(Value::Null) => Map::new(),
@@ -168,6 +183,14 @@ pub fn parse_event(
     if let Some(features) = features {
         validate_features(&features, &field("features"))?;
         metadata.insert("features".into(), features);
+    }
+    // The rest of the metadata is stored as given: it must be storable as jsonb (no NUL).
+    for (key, value) in metadata.iter().filter(|(k, _)| *k != "features") {
+        let path = validation::feature_field(&field("metadata"), key);
+        if key.contains('\0') {
+            return Err(Invalid::new(path, Problem::Nul).into());
+        }
+        validation::check_storable_json(value, &path)?;
     }
 
     let timestamp = match event.get("timestamp") {
@@ -195,80 +218,33 @@ pub fn parse_event(
     })
 }
 
-fn bounded_string(
+fn checked_string(
     event: &Map<String, Value>,
     name: &str,
-    max: usize,
+    check: fn(&str) -> Result<(), Problem>,
     field: &dyn Fn(&str) -> String,
 ) -> Result<String, InvalidFeedback> {
     match event.get(name) {
-        Some(Value::String(s)) if s.trim().is_empty() => {
-            Err(invalid(field(name), "must not be empty"))
-        }
-        Some(Value::String(s)) if s.chars().count() > max => Err(invalid(
+        Some(Value::String(s)) => match check(s) {
+            Ok(()) => Ok(s.clone()),
+            Err(problem) => Err(Invalid::new(field(name), problem).into()),
+        },
+        None | Some(Value::Null) => Err(Invalid::new(field(name), Problem::Missing).into()),
+        Some(other) => Err(Invalid::new(
             field(name),
-            format!(
-                "must be at most {max} characters, got {}",
-                s.chars().count()
-            ),
-        )),
-        Some(Value::String(s)) if s.contains('\0') => {
-            Err(invalid(field(name), "must not contain NUL characters"))
-        }
-        Some(Value::String(s)) => Ok(s.clone()),
-        None | Some(Value::Null) => Err(invalid(field(name), "is required")),
-        Some(other) => Err(invalid(
-            field(name),
-            format!("must be a string, got {other}"),
-        )),
+            Problem::WrongType {
+                expected: "a string",
+                got: other.to_string(),
+            },
+        )
+        .into()),
     }
 }
 
-fn finite_number(v: &Value) -> Option<f64> {
-    v.as_f64().filter(|x| x.is_finite())
-}
-
-/// Features: an object of name -> finite number, at most MAX_FEATURES names of at most
-/// MAX_FEATURE_NAME_LEN characters, none empty and none the reserved intercept name.
+/// Features: an object of name -> finite number under the rules of [`crate::validation`]
+/// ([`validation::check_features`]); `path` names the field in errors.
 pub fn validate_features(features: &Value, path: &str) -> Result<(), InvalidFeedback> {
-    let Some(map) = features.as_object() else {
-        return Err(invalid(
-            path.to_string(),
-            "must be an object of feature name -> number",
-        ));
-    };
-    if map.len() > MAX_FEATURES {
-        return Err(invalid(
-            path.to_string(),
-            format!(
-                "at most {MAX_FEATURES} features per event, got {}",
-                map.len()
-            ),
-        ));
-    }
-    for (name, value) in map {
-        if name.is_empty() {
-            return Err(invalid(path.to_string(), "feature names must not be empty"));
-        }
-        if name.chars().count() > MAX_FEATURE_NAME_LEN {
-            return Err(invalid(
-                format!("{path}.{name}"),
-                format!("feature names must be at most {MAX_FEATURE_NAME_LEN} characters"),
-            ));
-        }
-        if name == crate::learner::INTERCEPT || name.contains('\0') {
-            return Err(invalid(
-                format!("{path}.{name}"),
-                "is a reserved or invalid feature name",
-            ));
-        }
-        if finite_number(value).is_none() {
-            return Err(invalid(
-                format!("{path}.{name}"),
-                format!("must be a finite number, got {value}"),
-            ));
-        }
-    }
+    validation::features_from_json(features, path)?;
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //!
 //! The modules, from the bottom up (none imports a module above it; `tests/module_graph.rs`
 //! fails on any import circle):
+//! - [`validation`]: the one set of limits for features, labels, weights and names (pure);
 //! - [`learner`]: the online learner and its drift detectors, pure (no I/O);
 //! - [`schema`] (the embedded migrations), [`db`] and [`embedded`] (which database);
 //! - table access, each module owning its tables' SQL, with functions that take the caller's
@@ -24,10 +25,11 @@ pub mod http;
 pub mod learner;
 pub mod metrics;
 pub mod models;
-pub mod runtime;
 pub mod monitor;
 pub mod params;
+pub mod runtime;
 pub mod schema;
 pub mod serving;
 pub mod timeline;
+pub mod validation;
 pub mod worker;

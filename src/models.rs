@@ -56,6 +56,12 @@ impl std::fmt::Display for ModelStatus {
     }
 }
 
+impl PartialEq<&str> for ModelStatus {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A model as stored: identity, kind, learner settings, current version and status.
 #[derive(Debug, Clone, Serialize)]
 pub struct Model {

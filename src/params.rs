@@ -51,6 +51,12 @@ impl std::fmt::Display for UpdateType {
     }
 }
 
+impl PartialEq<&str> for UpdateType {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// The columns a [`ParamRow`] is read from.
 pub const STATE_COLUMNS: &str =
     "parameter_id, current_value, opt_m, opt_v, update_count, feature_mean, feature_m2";

@@ -3,23 +3,20 @@
 //! prediction is logged for delayed labels, off the request path.
 
 use std::collections::HashMap;
-use std::fmt;
 
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::Json;
 use bytes::Bytes;
-use serde::de::{self, MapAccess, Visitor};
-use serde::{Deserialize, Deserializer, Serialize};
+use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::ErrorBody;
 use super::{parse_json, ApiError, AppState};
-use crate::feedback::{MAX_ENTITY_ID_LEN, MAX_FEATURES, MAX_FEATURE_NAME_LEN};
-use crate::learner::INTERCEPT;
 use crate::serving::{LogRecord, ServedModel};
+use crate::validation::{self, Invalid, RawFeatures};
 
 /// Instances per batch request.
 pub const MAX_INSTANCES: usize = 10_000;
@@ -28,55 +25,18 @@ pub fn router() -> OpenApiRouter<AppState> {
     OpenApiRouter::new().routes(routes!(predict))
 }
 
-/// Features of one instance: name -> number, sorted by name once parsed. Names must be
-/// non-empty, at most 200 characters, not `__intercept__`, given once; at most 1,000 features.
+/// Features of one instance: name -> number, sorted by name once checked. The rules are those of
+/// [`crate::validation`] (as for feedback): names non-empty, at most 200 characters, without NUL,
+/// not `__intercept__`, given once; finite numbers; at most 1,000 features.
 #[derive(Debug, Clone, Default)]
 pub struct Features(pub Vec<(String, f64)>);
 
-impl<'de> Deserialize<'de> for Features {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Features, D::Error> {
-        struct FeaturesVisitor;
-        impl<'de> Visitor<'de> for FeaturesVisitor {
-            type Value = Features;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("an object of feature name -> number")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Features, A::Error> {
-                let mut out: Vec<(String, f64)> =
-                    Vec::with_capacity(map.size_hint().unwrap_or(8).min(64));
-                while let Some(name) = map.next_key::<String>()? {
-                    if name.is_empty() {
-                        return Err(de::Error::custom("feature names must not be empty"));
-                    }
-                    if name.chars().count() > MAX_FEATURE_NAME_LEN {
-                        return Err(de::Error::custom(format!(
-                            "feature names must be at most {MAX_FEATURE_NAME_LEN} characters"
-                        )));
-                    }
-                    if name == INTERCEPT || name.contains('\0') {
-                        return Err(de::Error::custom(format!(
-                            "{name:?} is a reserved or invalid feature name"
-                        )));
-                    }
-                    if out.len() == MAX_FEATURES {
-                        return Err(de::Error::custom(format!(
-                            "at most {MAX_FEATURES} features per instance"
-                        )));
-                    }
-                    let value: f64 = map.next_value()?;
-                    out.push((name, value));
-                }
-                out.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-                if let Some(w) = out.windows(2).find(|w| w[0].0 == w[1].0) {
-                    return Err(de::Error::custom(format!(
-                        "feature {:?} is given more than once",
-                        w[0].0
-                    )));
-                }
-                Ok(Features(out))
-            }
-        }
-        deserializer.deserialize_map(FeaturesVisitor)
+impl Features {
+    /// Applies the rules to features as read; `path` names the field in errors.
+    pub fn check(raw: RawFeatures, path: &str) -> Result<Features, ApiError> {
+        validation::check_features(raw, path)
+            .map(Features)
+            .map_err(|e| ApiError::bad_request(e.to_string()))
     }
 }
 
@@ -84,7 +44,7 @@ impl<'de> Deserialize<'de> for Features {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct PredictBody {
-    features: Option<Features>,
+    features: Option<RawFeatures>,
     entity_id: Option<String>,
     #[serde(default)]
     explain: bool,
@@ -94,7 +54,7 @@ struct PredictBody {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct InstanceBody {
-    features: Features,
+    features: RawFeatures,
     entity_id: Option<String>,
 }
 
@@ -183,19 +143,11 @@ pub enum PredictResponse {
 }
 
 fn check_entity(entity_id: &Option<String>, field: &str) -> Result<(), ApiError> {
-    let Some(e) = entity_id else {
-        return Ok(());
-    };
-    let problem = if e.trim().is_empty() {
-        "must not be empty".to_string()
-    } else if e.chars().count() > MAX_ENTITY_ID_LEN {
-        format!("must be at most {MAX_ENTITY_ID_LEN} characters")
-    } else if e.contains('\0') {
-        "must not contain NUL characters".to_string()
-    } else {
-        return Ok(());
-    };
-    Err(ApiError::bad_request(format!("{field}: {problem}")))
+    match entity_id {
+        Some(e) => validation::check_entity_id(e)
+            .map_err(|problem| ApiError::bad_request(Invalid::new(field, problem).to_string())),
+        None => Ok(()),
+    }
 }
 
 fn explain(served: &ServedModel, features: &[(String, f64)]) -> Explanation {
@@ -233,6 +185,7 @@ async fn predict(
     let serving = &state.serving;
     match (body.features, body.instances) {
         (Some(features), None) => {
+            let features = Features::check(features, "features")?;
             check_entity(&body.entity_id, "entity_id")?;
             let served = serving.cache.get(&model).await?;
             let prediction = served.learner.predict(&features.0);
@@ -276,9 +229,19 @@ async fn predict(
                     instances.len()
                 )));
             }
-            for (i, instance) in instances.iter().enumerate() {
-                check_entity(&instance.entity_id, &format!("instances[{i}].entity_id"))?;
-            }
+            let instances = instances
+                .into_iter()
+                .enumerate()
+                .map(|(i, instance)| {
+                    let features =
+                        Features::check(instance.features, &format!("instances[{i}].features"))?;
+                    check_entity(&instance.entity_id, &format!("instances[{i}].entity_id"))?;
+                    Ok(Instance {
+                        features,
+                        entity_id: instance.entity_id,
+                    })
+                })
+                .collect::<Result<Vec<Instance>, ApiError>>()?;
             let served = serving.cache.get(&model).await?;
             let mut predictions = Vec::with_capacity(instances.len());
             let mut explanations = body.explain.then(|| Vec::with_capacity(instances.len()));

@@ -1,6 +1,36 @@
-//! Validated training examples.
+//! Validated training examples. The rules (and their limits) are those of
+//! [`crate::validation`], shared with every path that takes features and labels in; this module
+//! only puts their failures in the learner's own error type.
 
 use super::{ModelKind, INTERCEPT};
+use crate::validation::{self, display_name, LabelRule, Problem};
+
+// The learner's intercept is the name the validation rules reserve.
+const _: () = assert!(same_str(INTERCEPT, validation::RESERVED_FEATURE_NAME));
+
+const fn same_str(a: &str, b: &str) -> bool {
+    let (a, b) = (a.as_bytes(), b.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let mut i = 0;
+    while i < a.len() {
+        if a[i] != b[i] {
+            return false;
+        }
+        i += 1;
+    }
+    true
+}
+
+impl From<ModelKind> for LabelRule {
+    fn from(kind: ModelKind) -> LabelRule {
+        match kind {
+            ModelKind::Linear => LabelRule::Finite,
+            ModelKind::Logistic => LabelRule::Probability,
+        }
+    }
+}
 
 /// Why an example (or a label) was rejected. The messages name the feature and say what to fix.
 #[derive(Debug, Clone, thiserror::Error, PartialEq)]
@@ -9,6 +39,10 @@ pub enum ExampleError {
     EmptyFeatureName { index: usize },
     #[error("feature name {name:?} is reserved for the model's intercept; rename the feature")]
     ReservedFeatureName { name: String },
+    #[error("feature {:?}: {problem}", display_name(.name))]
+    InvalidFeatureName { name: String, problem: Problem },
+    #[error("{count} features; at most {max} features per example", max = validation::MAX_FEATURES)]
+    TooManyFeatures { count: usize },
     #[error("feature {name:?} is given more than once; give each feature once")]
     DuplicateFeature { name: String },
     #[error("feature {name:?} has value {value}; feature values must be finite numbers")]
@@ -34,10 +68,13 @@ pub struct Example {
 }
 
 impl Example {
-    /// Builds an example, checking that feature names are non-empty, distinct and not
-    /// [`INTERCEPT`], that feature values and the label are finite, and that the weight is finite
-    /// and > 0. A feature with value 0 is kept: it is present (it touches its parameter and its
-    /// standardization statistics), unlike an absent feature.
+    /// Builds an example, applying the rules of [`crate::validation`]: at most
+    /// [`validation::MAX_FEATURES`] features; names non-empty, at most
+    /// [`validation::MAX_FEATURE_NAME_LEN`] characters, without NUL, distinct and not
+    /// [`INTERCEPT`]; feature values and the label finite; the weight finite and > 0
+    /// ([`validation::check_weight`]: wider than a confidence's (0, 1]). A feature with value 0
+    /// is kept: it is present (it touches its parameter and its standardization statistics),
+    /// unlike an absent feature.
     ///
     /// The label is not checked against a model kind here; use [`validate_label`].
     pub fn new(
@@ -45,32 +82,39 @@ impl Example {
         label: f64,
         weight: f64,
     ) -> Result<Example, ExampleError> {
+        validation::check_feature_count(features.len()).map_err(|_| {
+            ExampleError::TooManyFeatures {
+                count: features.len(),
+            }
+        })?;
         for (index, (name, value)) in features.iter().enumerate() {
-            if name.is_empty() {
-                return Err(ExampleError::EmptyFeatureName { index });
+            if let Err(problem) = validation::check_feature_name(name) {
+                return Err(match problem {
+                    Problem::EmptyFeatureName => ExampleError::EmptyFeatureName { index },
+                    Problem::ReservedFeatureName => {
+                        ExampleError::ReservedFeatureName { name: name.clone() }
+                    }
+                    problem => ExampleError::InvalidFeatureName {
+                        name: name.clone(),
+                        problem,
+                    },
+                });
             }
-            if name == INTERCEPT {
-                return Err(ExampleError::ReservedFeatureName { name: name.clone() });
-            }
-            if !value.is_finite() {
+            if validation::check_feature_value(*value).is_err() {
                 return Err(ExampleError::NonFiniteFeature {
                     name: name.clone(),
                     value: *value,
                 });
             }
         }
-        if !label.is_finite() {
+        if validation::check_label(LabelRule::Finite, label).is_err() {
             return Err(ExampleError::NonFiniteLabel { value: label });
         }
-        if !(weight.is_finite() && weight > 0.0) {
+        if validation::check_weight(weight).is_err() {
             return Err(ExampleError::InvalidWeight { value: weight });
         }
-        features.sort_unstable_by(|a, b| a.0.cmp(&b.0));
-        if let Some(w) = features.windows(2).find(|w| w[0].0 == w[1].0) {
-            return Err(ExampleError::DuplicateFeature {
-                name: w[0].0.clone(),
-            });
-        }
+        validation::sort_features(&mut features)
+            .map_err(|name| ExampleError::DuplicateFeature { name })?;
         Ok(Example {
             features,
             label,
@@ -89,15 +133,13 @@ impl Example {
     }
 }
 
-/// Checks a label for a model kind: finite for linear, finite and in [0, 1] for logistic.
+/// Checks a label for a model kind ([`validation::check_label`]): finite for linear, finite and
+/// in [0, 1] for logistic.
 pub fn validate_label(kind: ModelKind, label: f64) -> Result<(), ExampleError> {
-    if !label.is_finite() {
-        return Err(ExampleError::NonFiniteLabel { value: label });
-    }
-    if kind == ModelKind::Logistic && !(0.0..=1.0).contains(&label) {
-        return Err(ExampleError::LabelOutOfRange { kind, value: label });
-    }
-    Ok(())
+    validation::check_label(kind.into(), label).map_err(|problem| match problem {
+        Problem::LabelOutOfRange { .. } => ExampleError::LabelOutOfRange { kind, value: label },
+        _ => ExampleError::NonFiniteLabel { value: label },
+    })
 }
 
 #[cfg(test)]
@@ -136,6 +178,35 @@ mod tests {
             ));
         }
         assert!(Example::new(vec![], f64::NEG_INFINITY, 1.0).is_err());
+    }
+
+    #[test]
+    fn limits_of_the_validation_module() {
+        let max = validation::MAX_FEATURE_NAME_LEN;
+        assert!(Example::new(f(&[(&"n".repeat(max), 1.0)]), 1.0, 1.0).is_ok());
+        let err = Example::new(f(&[(&"n".repeat(max + 1), 1.0)]), 1.0, 1.0).unwrap_err();
+        assert!(matches!(
+            err,
+            ExampleError::InvalidFeatureName {
+                problem: Problem::FeatureNameTooLong { .. },
+                ..
+            }
+        ));
+        assert!(err.to_string().contains("200"), "{err}");
+        assert!(matches!(
+            Example::new(f(&[("a\0b", 1.0)]), 1.0, 1.0),
+            Err(ExampleError::InvalidFeatureName {
+                problem: Problem::FeatureNameNul,
+                ..
+            })
+        ));
+        let many = |n: usize| (0..n).map(|i| (format!("f{i}"), 1.0)).collect::<Vec<_>>();
+        assert!(Example::new(many(validation::MAX_FEATURES), 1.0, 1.0).is_ok());
+        let err = Example::new(many(validation::MAX_FEATURES + 1), 1.0, 1.0).unwrap_err();
+        assert_eq!(err, ExampleError::TooManyFeatures { count: 1001 });
+        assert!(err.to_string().contains("at most 1000"), "{err}");
+        // A sample weight may exceed a confidence's 1.
+        assert!(Example::new(vec![], 1.0, 1e300).is_ok());
     }
 
     #[test]

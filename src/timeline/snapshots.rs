@@ -39,6 +39,12 @@ impl std::fmt::Display for SnapshotKind {
     }
 }
 
+impl PartialEq<&str> for SnapshotKind {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
+
 /// A snapshot's header (its parameters are in `snapshot_parameters`).
 #[derive(Debug, Clone, PartialEq, Serialize, FromRow)]
 pub struct Snapshot {

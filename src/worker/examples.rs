@@ -1,45 +1,33 @@
 //! Turning a claimed feedback row into a training example, or into the reason it cannot be one.
+//!
+//! A plain-SQL row gets the checks an HTTP event gets, in the same order and with the same
+//! limits ([`crate::validation`]: `entity_id`, `feedback_type`, `feedback_value`, `confidence`,
+//! then the features), so SQL and HTTP accept and refuse the same events. A row that fails is
+//! dead-lettered with a reason that names the field and the limit.
 
-use serde_json::Value;
-
-use crate::learner::{validate_label, Example, ModelKind};
+use crate::learner::{Example, ModelKind};
+use crate::validation::{self, Invalid, Problem};
 
 use super::queue::ClaimedRow;
 
-/// Features from a JSON object of name -> number.
-pub fn features_from_json(value: &Value, origin: &str) -> Result<Vec<(String, f64)>, String> {
-    let Some(map) = value.as_object() else {
-        return Err(format!(
-            "{origin} is not an object of feature name -> number (got {value})"
-        ));
-    };
-    map.iter()
-        .map(|(name, v)| match v.as_f64() {
-            Some(x) => Ok((name.clone(), x)),
-            None => Err(format!(
-                "{origin}: feature '{name}' is not a number (got {v})"
-            )),
-        })
-        .collect()
+/// Features from JSON text (`jsonb` as PostgreSQL prints it) under the rules of
+/// [`crate::validation`]; `origin` names the field in the error.
+pub fn features_from_json(text: &str, origin: &str) -> Result<Vec<(String, f64)>, String> {
+    validation::features_from_json_text(text, origin).map_err(|e| e.to_string())
 }
 
 /// The example a row teaches, or why it cannot be learned (the dead-letter reason).
 pub fn example_from_row(row: &ClaimedRow, kind: ModelKind) -> Result<Example, String> {
-    if !row.label.is_finite() {
-        return Err(format!(
-            "feedback_value is {}, not a finite number",
-            row.label
-        ));
+    fn at(field: &'static str) -> impl Fn(Problem) -> String {
+        move |problem| Invalid::new(field, problem).to_string()
     }
-    validate_label(kind, row.label).map_err(|e| format!("feedback_value: {e}"))?;
-    let weight = match row.confidence {
-        None => 1.0,
-        Some(c) if c.is_finite() && c > 0.0 && c <= 1.0 => c,
-        Some(c) => return Err(format!("confidence must be in (0, 1], got {c}")),
-    };
+    validation::check_entity_id(&row.entity_id).map_err(at("entity_id"))?;
+    validation::check_feedback_type(&row.feedback_type).map_err(at("feedback_type"))?;
+    validation::check_label(kind.into(), row.label).map_err(at("feedback_value"))?;
+    let weight = validation::confidence_weight(row.confidence).map_err(at("confidence"))?;
     let features = match (&row.features, &row.logged_features) {
         (Some(f), _) => features_from_json(f, "metadata.features")?,
-        (None, Some(logged)) => features_from_json(logged, "logged prediction features")?,
+        (None, Some(logged)) => features_from_json(logged, "prediction_log.features")?,
         (None, None) => {
             return Err(format!(
                 "no features: the event has no metadata.features and no prediction was logged \
@@ -48,5 +36,6 @@ pub fn example_from_row(row: &ClaimedRow, kind: ModelKind) -> Result<Example, St
             ))
         }
     };
+    // Cannot fail after the checks above (the same rules); kept as the last word.
     Example::new(features, row.label, weight).map_err(|e| e.to_string())
 }

@@ -1,7 +1,6 @@
 //! The work queue (`feedback_queue`): finding models with work, claiming a model's pending rows in
 //! queue order, acknowledging applied rows and dead-lettering the ones that cannot be learned.
 
-use serde_json::Value;
 use sqlx::{FromRow, PgConnection, PgExecutor};
 use uuid::Uuid;
 
@@ -11,12 +10,16 @@ pub struct ClaimedRow {
     pub queue_id: Uuid,
     pub feedback_id: Uuid,
     pub entity_id: String,
+    pub feedback_type: String,
     pub label: f64,
     pub confidence: Option<f64>,
-    /// `metadata->'features'` when the event has it (any JSON type: checked later).
-    pub features: Option<Value>,
-    /// When the event has no features: those of the latest logged prediction for the entity.
-    pub logged_features: Option<Value>,
+    /// `metadata->'features'` as JSON text, when the event has it (any JSON type: checked later).
+    /// Text, not a parsed value: `jsonb` holds numbers beyond f64 (1e400), and such a row must be
+    /// dead-lettered with its reason, not fail the whole claim.
+    pub features: Option<String>,
+    /// When the event has no features: those of the latest logged prediction for the entity
+    /// (JSON text, like `features`).
+    pub logged_features: Option<String>,
 }
 
 /// Active models with pending work (optionally only among `only`), in random order so that
@@ -72,11 +75,11 @@ pub async fn claim(
 ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
     plan_for_any_statistics(&mut *conn).await?;
     sqlx::query_as(
-        "SELECT q.id AS queue_id, q.feedback_id, e.entity_id, e.feedback_value AS label,
-                e.confidence,
-                e.metadata -> 'features' AS features,
+        "SELECT q.id AS queue_id, q.feedback_id, e.entity_id, e.feedback_type,
+                e.feedback_value AS label, e.confidence,
+                (e.metadata -> 'features')::text AS features,
                 CASE WHEN e.metadata ? 'features' THEN NULL ELSE (
-                    SELECT p.features FROM prediction_log p
+                    SELECT p.features::text FROM prediction_log p
                     WHERE p.model_id = q.model_id AND p.entity_id = e.entity_id
                     ORDER BY p.id DESC LIMIT 1) END AS logged_features
          FROM feedback_queue q
