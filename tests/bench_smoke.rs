@@ -25,6 +25,8 @@ async fn bench_all_tiny_applies_everything_and_cleans_up() {
     args.snapshot_params = Some(vec![500]);
     args.quiet = true;
     args.olps_bin = Some(env!("CARGO_BIN_EXE_olps").into());
+    // The repository's copy of the reference stream, for `learn`.
+    args.data = Some(common::SEED_STREAM.into());
     args.json = Some(dir.join("bench.json"));
     args.markdown = Some(dir.join("BENCHMARKS.md"));
 

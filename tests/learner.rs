@@ -10,10 +10,7 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-const SEED_STREAM: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/seed_stream.csv"
-);
+const SEED_STREAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/seed_stream.csv");
 
 /// (features, label)
 type Row = (Vec<(String, f64)>, f64);

@@ -243,13 +243,12 @@ pub async fn counts(pool: &PgPool) -> (i64, i64) {
 
 pub type Row = (Vec<(String, f64)>, f64);
 
-/// ../shared/data/seed_stream.csv: x0..x4 and y (sign flip at row 1000).
+/// The reference drift stream, a copy kept in the repository (tests/data/README.md).
+pub const SEED_STREAM: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/data/seed_stream.csv");
+
+/// tests/data/seed_stream.csv: x0..x4 and y (sign flip at row 1000).
 pub fn seed_stream() -> Vec<Row> {
-    let path = concat!(
-        env!("CARGO_MANIFEST_DIR"),
-        "/../shared/data/seed_stream.csv"
-    );
-    let text = std::fs::read_to_string(path).expect("seed_stream.csv");
+    let text = std::fs::read_to_string(SEED_STREAM).expect("seed_stream.csv");
     let mut lines = text.lines();
     let header: Vec<&str> = lines.next().unwrap().split(',').collect();
     lines
