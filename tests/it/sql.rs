@@ -2,12 +2,10 @@
 //! fixture built through the public interfaces, and its rows are checked against what the fixture
 //! recorded or what the tables hold.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
+use crate::common::*;
 use chrono::{DateTime, Utc};
-use common::*;
 use olps::history::{self, At, HistoryFilter};
 use olps::learner::{LearnerConfig, ModelKind, OptimizerKind, ParamState};
 use olps::rollback::RollbackTarget;

@@ -726,7 +726,7 @@ fn loss_function() {
 }
 
 /// Not a check: prints the figures behind the choice of defaults.
-/// `cargo test --test learner -- --ignored --nocapture report`
+/// `cargo test --test it -- --ignored --nocapture learner::report`
 #[test]
 #[ignore]
 fn report() {
@@ -779,7 +779,7 @@ fn report() {
 }
 
 /// Not a check: compares candidate defaults over harder scenarios.
-/// `cargo test --release --test learner -- --ignored --nocapture scenarios`
+/// `cargo test --release --test it -- --ignored --nocapture learner::scenarios`
 #[test]
 #[ignore]
 fn scenarios() {

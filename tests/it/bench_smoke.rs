@@ -2,13 +2,11 @@
 //! scenario reports figures with baselines, the JSON and Markdown are written, and no bench model
 //! or row is left behind). Speed is not checked here: timing claims live in the benchmarks.
 
-mod common;
-
 use olps::bench::{self, BenchArgs, Scenario};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_all_tiny_applies_everything_and_cleans_up() {
-    let db = common::TestDb::new().await;
+    let db = crate::common::TestDb::new().await;
     let dir = std::env::temp_dir().join(format!("olps-bench-smoke-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
 
@@ -26,7 +24,7 @@ async fn bench_all_tiny_applies_everything_and_cleans_up() {
     args.quiet = true;
     args.olps_bin = Some(env!("CARGO_BIN_EXE_olps").into());
     // The repository's copy of the reference stream, for `learn`.
-    args.data = Some(common::SEED_STREAM.into());
+    args.data = Some(crate::common::SEED_STREAM.into());
     args.json = Some(dir.join("bench.json"));
     args.markdown = Some(dir.join("BENCHMARKS.md"));
 

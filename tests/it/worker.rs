@@ -1,11 +1,9 @@
 //! The learning worker against a real PostgreSQL: invariants 1, 2, 5 and 6, delayed labels, and
 //! that it actually learns.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use olps::learner::{LearnerConfig, ModelKind, OptimizerKind};
 use rand::{Rng, SeedableRng};
 use tokio_util::sync::CancellationToken;

@@ -1,8 +1,6 @@
 //! The `olps` binary, run as a user would: the embedded default database, `model` commands
 //! against DATABASE_URL, and `serve` with a graceful shutdown on SIGTERM.
 
-mod common;
-
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
@@ -290,7 +288,7 @@ async fn embedded_default_database_end_to_end() {
 
 #[tokio::test]
 async fn model_create_stores_flags_and_rejects_bad_ones() {
-    let db = common::TestDb::new().await;
+    let db = crate::common::TestDb::new().await;
     let url = Some(db.url.as_str());
 
     let args = [
@@ -479,7 +477,7 @@ async fn start_server(url: &str, client: &reqwest::Client) -> (Server, String) {
 
 #[tokio::test]
 async fn serve_answers_health_and_stops_gracefully_on_sigterm() {
-    let db = common::TestDb::new().await;
+    let db = crate::common::TestDb::new().await;
     let client = reqwest::Client::new();
     let (mut server, base) = start_server(&db.url, &client).await;
 

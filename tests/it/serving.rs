@@ -2,12 +2,10 @@
 //! learner's own, freshness through notifications and through the fallbacks, delayed labels end
 //! to end, the prediction log on shutdown, metrics, request limits, and the OpenAPI document.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use olps::http::AppState;
 use olps::learner::{Learner, LearnerConfig, ModelKind};
 use olps::serving::ServingConfig;

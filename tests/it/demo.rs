@@ -2,9 +2,7 @@
 //! restores the snapshot's accuracy, the SVG is XML, the printed commands run, and the same seed
 //! gives the same report.
 
-mod common;
-
-use common::TestDb;
+use crate::common::TestDb;
 use olps::demo::{DemoArgs, DemoReport};
 
 async fn run_demo(db: &TestDb, out: &std::path::Path) -> DemoReport {

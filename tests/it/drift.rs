@@ -1,9 +1,7 @@
 //! Concept drift: detection on the prequential loss, adaptation, and (against PostgreSQL) the
 //! detector state surviving a worker restart.
 
-mod common;
-
-use common::*;
+use crate::common::*;
 use olps::learner::drift::{Adaptation, DetectorKind, DriftConfig};
 use olps::learner::{Example, Learner, LearnerConfig, ModelKind, OptimizerKind};
 use rand::{Rng, SeedableRng};

@@ -1,8 +1,6 @@
 //! The HTTP API of the foundation: models and feedback ingest, against a real PostgreSQL.
 
-mod common;
-
-use common::{counts, spawn_app};
+use crate::common::{counts, spawn_app};
 use serde_json::{json, Value};
 
 fn error_code(body: &Value) -> &str {

@@ -2,12 +2,10 @@
 //! invariant 4 (rollback is bit for bit, is a version of its own, and roll-forward works), with
 //! invariants 1 and 2 holding across rollbacks while workers drain.
 
-mod common;
-
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use common::*;
+use crate::common::*;
 use olps::history::{self, At, HistoryError, HistoryFilter, Lookup, ReadPlan};
 use olps::learner::{Example, Learner, LearnerConfig, ModelKind, OptimizerKind, ParamState};
 use olps::rollback::{self, RollbackPlan, RollbackTarget};
@@ -1617,7 +1615,7 @@ async fn olps(url: &str, args: &[&str]) -> (bool, String, String) {
 }
 
 /// Timings of snapshot, rollback and point-in-time reads on a synthetic model (not an assertion):
-/// `OLPS_TIME_TRAVEL_PARAMS=1000000 cargo test --release --test versions -- --ignored --nocapture`
+/// `OLPS_TIME_TRAVEL_PARAMS=1000000 cargo test --release --test it -- --ignored --nocapture versions::time_travel_timings`
 #[tokio::test]
 #[ignore]
 async fn time_travel_timings() {

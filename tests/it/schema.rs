@@ -1,8 +1,6 @@
 //! The schema: migrations (twice, concurrently), the documented trigger and view, queue order.
 
-mod common;
-
-use common::TestDb;
+use crate::common::TestDb;
 use uuid::Uuid;
 
 async fn applied_migrations(db: &TestDb) -> Vec<i32> {

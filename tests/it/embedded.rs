@@ -25,7 +25,12 @@ struct TempBase {
 impl TempBase {
     fn new(name: &str) -> Self {
         // Show olps' progress messages (creating/starting/stale files) in failing tests' output.
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
+        // Only the embedded module's: the subscriber is process-wide, and every test of the
+        // binary shares the process.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new("olps::embedded=info"))
+            .with_test_writer()
+            .try_init();
         static COUNTER: AtomicU32 = AtomicU32::new(0);
         let nanos = SystemTime::now()
             .duration_since(UNIX_EPOCH)
