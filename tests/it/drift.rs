@@ -1,10 +1,11 @@
 //! Concept drift: detection on the prequential loss, adaptation, and (against PostgreSQL) the
 //! detector state surviving a worker restart.
 
-use crate::common::*;
 use olps::learner::drift::{Adaptation, DetectorKind, DriftConfig};
 use olps::learner::{Example, Learner, LearnerConfig, ModelKind, OptimizerKind};
 use rand::{Rng, SeedableRng};
+
+use crate::common::*;
 
 /// A seed_stream-like linear stream: y = s * sum(x) + noise, with s flipping at `flip_at`.
 fn linear_stream(n: usize, flip_at: Option<usize>, seed: u64) -> Vec<Row> {
@@ -93,10 +94,6 @@ fn with(
         },
         ..LearnerConfig::default()
     }
-}
-
-fn mean(xs: &[f64]) -> f64 {
-    xs.iter().sum::<f64>() / xs.len() as f64
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! directory, signal handlers). Two things are process-wide on purpose: the test PostgreSQL
 //! server, chosen once (`common::TestDb`), and olps' metrics registry, which the serving tests
 //! read by model name (keep model names of metrics assertions unique across modules) or as
-//! differences. The one tracing subscriber (set by the embedded tests) shows olps::embedded only.
+//! differences. The one tracing subscriber (`common::TempCluster`) shows olps::embedded only.
 
 mod common;
 

@@ -4,16 +4,14 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
-use crate::common::*;
 use chrono::{DateTime, Utc};
 use olps::history::{self, At, HistoryFilter};
 use olps::learner::{LearnerConfig, ModelKind, OptimizerKind, ParamState};
 use olps::rollback::RollbackTarget;
-use olps::worker::{BatchOutcome, Worker, WorkerConfig};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-type State = HashMap<String, ParamState>;
+use crate::common::*;
+
 type Rows = Vec<HashMap<String, String>>;
 /// timestamp, update_type, source, learning_rate
 type UpdateRow = (DateTime<Utc>, String, Option<String>, Option<f64>);
@@ -118,29 +116,6 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0)
 }
 
-async fn stored(pool: &PgPool, id: Uuid) -> State {
-    olps::params::load_all(pool, id).await.unwrap()
-}
-
-/// Applies the queue one version at a time, recording each version's parameters.
-async fn step_all(pool: &PgPool, id: Uuid, batch: i64, recorded: &mut BTreeMap<i64, State>) {
-    let config = WorkerConfig {
-        batch_size: batch,
-        models: vec![id],
-        ..Default::default()
-    };
-    let mut worker = Worker::new(pool.clone(), config);
-    loop {
-        match worker.run_batch(id).await.unwrap() {
-            BatchOutcome::Applied { version, .. } => {
-                recorded.insert(version, stored(pool, id).await);
-            }
-            BatchOutcome::Empty => break,
-            other => panic!("unexpected batch outcome {other:?}"),
-        }
-    }
-}
-
 const FILES: [&str; 8] = [
     "dead_letters.sql",
     "parameter_history.sql",
@@ -191,7 +166,7 @@ async fn every_query_in_sql_returns_the_expected_rows() {
     let out = olps::rollback::rollback(pool, id, &RollbackTarget::Version(4))
         .await
         .unwrap(); // 11
-    recorded.insert(out.version, stored(pool, id).await);
+    recorded.insert(out.version, State::load(pool, id).await);
     let unknown = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO feedback_events (model_id, entity_id, feedback_type, feedback_value, metadata)
@@ -207,7 +182,7 @@ async fn every_query_in_sql_returns_the_expected_rows() {
     .unwrap();
     insert_stream(pool, id, &rows[400..440]).await;
     drain(pool, 100).await; // 12: 40 learned, 3 dead; the unknown model's row dead too
-    recorded.insert(12, stored(pool, id).await);
+    recorded.insert(12, State::load(pool, id).await);
     insert_stream(pool, id, &rows[440..]).await; // 40 pending
     insert_stream(pool, prices.model_id, &seed_stream()[..5]).await; // 5 pending
     assert_eq!(current_version(pool, id).await, 12);
@@ -509,12 +484,4 @@ async fn every_query_in_sql_returns_the_expected_rows() {
     // Reading through the library agrees with the SQL function at the current version.
     let now = history::parameters_at(pool, id, At::Current).await.unwrap();
     assert_eq!(now.parameters.len(), recorded[&12].len());
-}
-
-async fn current_version(pool: &PgPool, id: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT version FROM models WHERE model_id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }

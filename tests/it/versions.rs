@@ -2,20 +2,19 @@
 //! invariant 4 (rollback is bit for bit, is a version of its own, and roll-forward works), with
 //! invariants 1 and 2 holding across rollbacks while workers drain.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use crate::common::*;
 use olps::history::{self, At, HistoryError, HistoryFilter, Lookup, ReadPlan};
 use olps::learner::{Example, Learner, LearnerConfig, ModelKind, OptimizerKind, ParamState};
 use olps::rollback::{self, RollbackPlan, RollbackTarget};
 use olps::snapshots::{self, SnapshotPolicy};
-use olps::worker::{BatchOutcome, Worker, WorkerConfig};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-type State = HashMap<String, ParamState>;
+use crate::common::*;
+
 /// A row of `olps_parameters_at`.
 type SqlParameterRow = (String, f64, f64, f64, i64, f64, f64, i64);
 
@@ -26,43 +25,18 @@ struct Recorded {
     examples_seen: i64,
 }
 
-async fn stored(pool: &PgPool, id: Uuid) -> Recorded {
-    let params = olps::params::load_all(pool, id).await.unwrap();
-    let examples_seen: i64 =
-        sqlx::query_scalar("SELECT examples_seen FROM models WHERE model_id = $1")
-            .bind(id)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-    Recorded {
-        params,
-        examples_seen,
-    }
-}
-
-async fn current_version(pool: &PgPool, id: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT version FROM models WHERE model_id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-/// Applies the model's queue one batch (one version) at a time, recording every version.
-async fn step_all(pool: &PgPool, id: Uuid, batch: i64, recorded: &mut BTreeMap<i64, Recorded>) {
-    let config = WorkerConfig {
-        batch_size: batch,
-        models: vec![id],
-        ..Default::default()
-    };
-    let mut worker = Worker::new(pool.clone(), config);
-    loop {
-        match worker.run_batch(id).await.unwrap() {
-            BatchOutcome::Applied { version, .. } => {
-                recorded.insert(version, stored(pool, id).await);
-            }
-            BatchOutcome::Empty => break,
-            other => panic!("unexpected batch outcome {other:?}"),
+impl Stored for Recorded {
+    async fn load(pool: &PgPool, id: Uuid) -> Recorded {
+        let params = State::load(pool, id).await;
+        let examples_seen: i64 =
+            sqlx::query_scalar("SELECT examples_seen FROM models WHERE model_id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        Recorded {
+            params,
+            examples_seen,
         }
     }
 }
@@ -97,7 +71,7 @@ fn assert_exact(what: &str, got: &State, want: &State) {
 }
 
 async fn assert_model_equals(pool: &PgPool, id: Uuid, want: &Recorded, what: &str) {
-    let got = stored(pool, id).await;
+    let got = Recorded::load(pool, id).await;
     assert_equivalent(what, &got.params, &want.params);
     assert_eq!(
         got.examples_seen, want.examples_seen,
@@ -162,7 +136,7 @@ async fn rollback_and_roll_forward_restore_parameters_and_optimizer_state_bit_fo
     let mut rows = sparse_stream(300, 5, 40, true, 1);
     rows.extend(sparse_stream(400, 5, 60, true, 2));
     let mut recorded = BTreeMap::new();
-    recorded.insert(0, stored(pool, id).await);
+    recorded.insert(0, Recorded::load(pool, id).await);
 
     insert_stream(pool, id, &rows[..300]).await;
     step_all(pool, id, 50, &mut recorded).await;
@@ -231,7 +205,7 @@ async fn rollback_and_roll_forward_restore_parameters_and_optimizer_state_bit_fo
     );
     assert_eq!(out.parameters_zeroed, born_later);
     assert_eq!(
-        stored(pool, id).await.params.len(),
+        Recorded::load(pool, id).await.params.len(),
         recorded[&12].params.len()
     );
     assert_linear_history(pool, id).await;
@@ -301,7 +275,7 @@ async fn rollback_and_roll_forward_restore_parameters_and_optimizer_state_bit_fo
     assert_eq!(stats.examples, 100);
     let replay: Vec<Row> = rows[..300].iter().chain(&rows[600..]).cloned().collect();
     let expected = learn_in_memory(&model, &replay);
-    let now = stored(pool, id).await;
+    let now = Recorded::load(pool, id).await;
     assert_equivalent("learning after rollback", &now.params, &expected.params);
     assert_eq!(now.examples_seen, expected.examples_seen);
     assert!(current_version(pool, id).await > out.version);
@@ -342,7 +316,7 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
     let id = model.model_id;
     let rows = sparse_stream(520, 4, 50, false, 2);
     let mut recorded = BTreeMap::new();
-    recorded.insert(0, stored(pool, id).await);
+    recorded.insert(0, Recorded::load(pool, id).await);
     insert_stream(pool, id, &rows[..160]).await;
     step_all(pool, id, 40, &mut recorded).await; // 1..=4
     snapshots::create(pool, id, Some("four")).await.unwrap();
@@ -350,11 +324,11 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
     step_all(pool, id, 40, &mut recorded).await; // 5..=7
     snapshots::create(pool, id, None).await.unwrap();
     let out = rollback_to(pool, id, RollbackTarget::Version(5)).await; // 8
-    recorded.insert(out.version, stored(pool, id).await);
+    recorded.insert(out.version, Recorded::load(pool, id).await);
     insert_stream(pool, id, &rows[280..440]).await;
     step_all(pool, id, 40, &mut recorded).await; // 9..=12
     let out = rollback_to(pool, id, RollbackTarget::Version(10)).await; // 13
-    recorded.insert(out.version, stored(pool, id).await);
+    recorded.insert(out.version, Recorded::load(pool, id).await);
     insert_stream(pool, id, &rows[440..]).await;
     step_all(pool, id, 40, &mut recorded).await; // 14, 15
     let current = current_version(pool, id).await;
@@ -474,21 +448,7 @@ async fn rollbacks_while_two_workers_drain_keep_the_line_and_apply_each_event_on
     let rows = sparse_stream(4_000, 6, 120, false, 9);
     insert_stream(pool, id, &rows).await;
     let workers: Vec<_> = (0..2)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let config = WorkerConfig {
-                    batch_size: 20,
-                    poll_interval: Duration::from_millis(5),
-                    until_empty: true,
-                    ..Default::default()
-                };
-                Worker::new(pool, config)
-                    .run(tokio_util::sync::CancellationToken::new())
-                    .await
-                    .unwrap()
-            })
-        })
+        .map(|_| tokio::spawn(run_worker(pool.clone(), 20, Duration::from_millis(5))))
         .collect();
     // Roll back three times while they learn: back 4 versions, back to 2, and forward again.
     let mut rollbacks = Vec::new();
@@ -551,7 +511,7 @@ async fn rollbacks_while_two_workers_drain_keep_the_line_and_apply_each_event_on
         cursor, 4_000,
         "the learned versions cover the stream once, in order"
     );
-    let now = stored(pool, id).await;
+    let now = Recorded::load(pool, id).await;
     assert_equivalent(
         "after the run",
         &now.params,
@@ -589,7 +549,7 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
     let id = model.model_id;
     let rows = sparse_stream(400, 4, 40, true, 4);
     let mut recorded = BTreeMap::new();
-    recorded.insert(0, stored(pool, id).await);
+    recorded.insert(0, Recorded::load(pool, id).await);
     insert_stream(pool, id, &rows[..160]).await;
     step_all(pool, id, 40, &mut recorded).await; // 1..=4
     let s4 = snapshots::create(pool, id, Some("four")).await.unwrap();
@@ -790,9 +750,8 @@ async fn recorded_time(pool: &PgPool, id: Uuid, version: i64) -> chrono::DateTim
 
 #[tokio::test]
 async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
-    let db = TestDb::new().await;
+    let (db, model) = TestDb::with_model("auto", ModelKind::Linear).await;
     let pool = &db.pool;
-    let model = create_model(pool, "auto", ModelKind::Linear, LearnerConfig::default()).await;
     let id = model.model_id;
     let policy = SnapshotPolicy {
         every_versions: Some(3),
@@ -814,7 +773,7 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
     ));
 
     let rows = sparse_stream(300, 3, 30, false, 5);
-    let mut recorded = BTreeMap::new();
+    let mut recorded: BTreeMap<i64, Recorded> = BTreeMap::new();
     insert_stream(pool, id, &rows[..200]).await;
     step_all(pool, id, 20, &mut recorded).await; // 1..=10: snapshots at 3, 6, 9, keeping 2
     let list = snapshots::list(pool, id).await.unwrap();
@@ -925,13 +884,12 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
 
 #[tokio::test]
 async fn history_lists_newest_first_with_filters() {
-    let db = TestDb::new().await;
+    let (db, model) = TestDb::with_model("hist", ModelKind::Linear).await;
     let pool = &db.pool;
-    let model = create_model(pool, "hist", ModelKind::Linear, LearnerConfig::default()).await;
     let id = model.model_id;
     let rows = seed_stream();
     insert_stream(pool, id, &rows[..200]).await;
-    let mut recorded = BTreeMap::new();
+    let mut recorded: BTreeMap<i64, Recorded> = BTreeMap::new();
     step_all(pool, id, 50, &mut recorded).await; // 1..=4
     rollback_to(pool, id, RollbackTarget::Version(2)).await; // 5
     let all = history::updates(pool, id, &HistoryFilter::default())
@@ -1056,7 +1014,7 @@ async fn http_snapshots_rollback_parameters_and_updates() {
         .await;
     assert!(status < 300, "{status} {body}");
     drain(&pool, 20).await; // versions 1..=3
-    let at_3 = stored(&pool, id).await;
+    let at_3 = Recorded::load(&pool, id).await;
 
     // Snapshots.
     let (status, snap) = app
@@ -1368,46 +1326,20 @@ fn urlencode(s: &str) -> String {
 
 #[tokio::test]
 async fn command_line_snapshot_rollback_params_history_and_prune() {
-    let db = TestDb::new().await;
+    let (db, model) = TestDb::with_model("cli-model", ModelKind::Linear).await;
     let pool = &db.pool;
-    let model = create_model(
-        pool,
-        "cli-model",
-        ModelKind::Linear,
-        LearnerConfig::default(),
-    )
-    .await;
     let id = model.model_id;
+    let cli = Cli::new(&db.url);
     insert_stream(pool, id, &seed_stream()[..120]).await;
     let mut recorded = BTreeMap::new();
     step_all(pool, id, 40, &mut recorded).await; // 1..=3
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "snapshot",
-            "create",
-            "--model",
-            "cli-model",
-            "--label",
-            "three",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli
+        .ok("snapshot create --model cli-model --label three")
+        .await;
     let snapshot_id: Uuid = out.lines().last().unwrap().parse().unwrap();
-    let (ok, out, _) = olps(
-        &db.url,
-        &[
-            "snapshot",
-            "list",
-            "--model",
-            &id.to_string(),
-            "--format",
-            "json",
-        ],
-    )
-    .await;
-    assert!(ok);
+    let out = cli
+        .ok(&format!("snapshot list --model {id} --format json"))
+        .await;
     let list: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         list[0]["snapshot_id"].as_str(),
@@ -1416,28 +1348,12 @@ async fn command_line_snapshot_rollback_params_history_and_prune() {
 
     insert_stream(pool, id, &seed_stream()[120..200]).await;
     step_all(pool, id, 40, &mut recorded).await; // 4, 5
-    let (ok, out, err) = olps(
-        &db.url,
-        &["rollback", "--model", "cli-model", "--to-version", "2"],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli.ok("rollback --model cli-model --to-version 2").await;
     assert_eq!(out.lines().last().unwrap(), "6");
     assert_model_equals(pool, id, &recorded[&2], "CLI rollback").await;
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "rollback",
-            "--model",
-            "cli-model",
-            "--snapshot",
-            "three",
-            "--format",
-            "json",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli
+        .ok("rollback --model cli-model --snapshot three --format json")
+        .await;
     let outcome: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (
@@ -1446,29 +1362,16 @@ async fn command_line_snapshot_rollback_params_history_and_prune() {
         ),
         (Some(7), Some(3))
     );
-    let (ok, _, err) = olps(&db.url, &["rollback", "--model", "cli-model"]).await;
-    assert!(!ok && err.contains("--to-version"), "{err}");
-    let (ok, _, err) = olps(
-        &db.url,
-        &["rollback", "--model", "cli-model", "--to-version", "99"],
-    )
-    .await;
-    assert!(!ok && err.contains("does not exist"), "{err}");
+    let err = cli.fails("rollback --model cli-model").await;
+    assert!(err.contains("--to-version"), "{err}");
+    let err = cli
+        .fails("rollback --model cli-model --to-version 99")
+        .await;
+    assert!(err.contains("does not exist"), "{err}");
 
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "params",
-            "--model",
-            "cli-model",
-            "--version",
-            "4",
-            "--format",
-            "csv",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli
+        .ok("params --model cli-model --version 4 --format csv")
+        .await;
     let mut lines = out.lines();
     assert_eq!(
         lines.next().unwrap(),
@@ -1492,35 +1395,15 @@ async fn command_line_snapshot_rollback_params_history_and_prune() {
         })
         .collect();
     assert_exact("olps params --version 4", &got, &recorded[&4].params);
-    let (ok, out, _) = olps(
-        &db.url,
-        &["params", "--model", "cli-model", "--format", "json"],
-    )
-    .await;
-    assert!(ok);
+    let out = cli.ok("params --model cli-model --format json").await;
     let now: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(now["version"].as_i64(), Some(7));
-    let (ok, _, err) = olps(
-        &db.url,
-        &["params", "--model", "cli-model", "--at", "not-a-time"],
-    )
-    .await;
-    assert!(!ok && err.contains("--at"), "{err}");
+    let err = cli.fails("params --model cli-model --at not-a-time").await;
+    assert!(err.contains("--at"), "{err}");
 
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "history",
-            "--model",
-            "cli-model",
-            "--parameter",
-            "x1",
-            "--format",
-            "json",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli
+        .ok("history --model cli-model --parameter x1 --format json")
+        .await;
     let rows: Value = serde_json::from_str(&out).unwrap();
     let versions: Vec<i64> = rows
         .as_array()
@@ -1529,89 +1412,33 @@ async fn command_line_snapshot_rollback_params_history_and_prune() {
         .map(|r| r["model_version"].as_i64().unwrap())
         .collect();
     assert_eq!(versions, vec![7, 6, 5, 4, 3, 2, 1]);
-    let (ok, out, _) = olps(
-        &db.url,
-        &["history", "--model", "cli-model", "--limit", "3"],
-    )
-    .await;
-    assert!(ok);
+    let out = cli.ok("history --model cli-model --limit 3").await;
     assert_eq!(out.lines().count(), 4, "{out}");
 
     let before = chrono::Utc::now().to_rfc3339();
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "history",
-            "prune",
-            "--model",
-            "cli-model",
-            "--before",
-            &before,
-            "--dry-run",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli
+        .ok(&format!(
+            "history prune --model cli-model --before {before} --dry-run"
+        ))
+        .await;
     assert!(
         out.contains("would delete") && out.contains("versions 1..=2 would no longer be reachable"),
         "{out}"
     );
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "history",
-            "prune",
-            "--model",
-            "cli-model",
-            "--before",
-            &before,
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli
+        .ok(&format!(
+            "history prune --model cli-model --before {before}"
+        ))
+        .await;
     assert!(out.contains("deleted"), "{out}");
-    let (ok, _, err) = olps(
-        &db.url,
-        &[
-            "snapshot",
-            "delete",
-            "--model",
-            "cli-model",
-            "--snapshot",
-            "three",
-        ],
-    )
-    .await;
-    assert!(!ok && err.contains("retained history starts"), "{err}");
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "snapshot",
-            "policy",
-            "--model",
-            "cli-model",
-            "--every-versions",
-            "10",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let err = cli
+        .fails("snapshot delete --model cli-model --snapshot three")
+        .await;
+    assert!(err.contains("retained history starts"), "{err}");
+    let out = cli
+        .ok("snapshot policy --model cli-model --every-versions 10")
+        .await;
     assert!(out.contains("every_versions 10"), "{out}");
-}
-
-/// Runs the `olps` binary (asynchronously: a blocking wait would stall this test's runtime, and
-/// with it the release of pooled connections).
-async fn olps(url: &str, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_olps"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env("OLPS_LOG", "warn")
-        .output()
-        .await
-        .expect("run olps");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    (out.status.success(), stdout, stderr)
 }
 
 /// Timings of snapshot, rollback and point-in-time reads on a synthetic model (not an assertion):
