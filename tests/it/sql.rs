@@ -2,20 +2,17 @@
 //! fixture built through the public interfaces, and its rows are checked against what the fixture
 //! recorded or what the tables hold.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
-use common::*;
-use olps::timeline::history::{self, At, HistoryFilter};
+use olps::timeline::history::HistoryFilter;
+use olps::timeline::reconstruct::At;
 use olps::learner::{LearnerConfig, ModelKind, OptimizerKind, ParamState};
 use olps::timeline::rollback::RollbackTarget;
-use olps::worker::{BatchOutcome, Worker, WorkerConfig};
-use sqlx::PgPool;
 use uuid::Uuid;
 
-type State = HashMap<String, ParamState>;
+use crate::common::*;
+
 type Rows = Vec<HashMap<String, String>>;
 /// timestamp, update_type, source, learning_rate
 type UpdateRow = (DateTime<Utc>, String, Option<String>, Option<f64>);
@@ -120,29 +117,6 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0)
 }
 
-async fn stored(pool: &PgPool, id: Uuid) -> State {
-    olps::params::load_all(pool, id).await.unwrap()
-}
-
-/// Applies the queue one version at a time, recording each version's parameters.
-async fn step_all(pool: &PgPool, id: Uuid, batch: i64, recorded: &mut BTreeMap<i64, State>) {
-    let config = WorkerConfig {
-        batch_size: batch,
-        models: vec![id],
-        ..Default::default()
-    };
-    let mut worker = Worker::new(pool.clone(), config);
-    loop {
-        match worker.run_batch(id).await.unwrap() {
-            BatchOutcome::Applied { version, .. } => {
-                recorded.insert(version, stored(pool, id).await);
-            }
-            BatchOutcome::Empty => break,
-            other => panic!("unexpected batch outcome {other:?}"),
-        }
-    }
-}
-
 const FILES: [&str; 8] = [
     "dead_letters.sql",
     "parameter_history.sql",
@@ -185,15 +159,15 @@ async fn every_query_in_sql_returns_the_expected_rows() {
     recorded.insert(0, State::new());
     insert_stream(pool, id, &rows[..240]).await;
     step_all(pool, id, 40, &mut recorded).await; // 1..=6
-    olps::timeline::snapshots::create(pool, id, Some("mid"))
+    committed::create_snapshot(pool, id, Some("mid"))
         .await
         .unwrap();
     insert_stream(pool, id, &rows[240..400]).await;
     step_all(pool, id, 40, &mut recorded).await; // 7..=10
-    let out = olps::timeline::rollback::rollback(pool, id, &RollbackTarget::Version(4))
+    let out = committed::rollback(pool, id, &RollbackTarget::Version(4))
         .await
         .unwrap(); // 11
-    recorded.insert(out.version, stored(pool, id).await);
+    recorded.insert(out.version, State::load(pool, id).await);
     let unknown = Uuid::new_v4();
     sqlx::query(
         "INSERT INTO feedback_events (model_id, entity_id, feedback_type, feedback_value, metadata)
@@ -209,7 +183,7 @@ async fn every_query_in_sql_returns_the_expected_rows() {
     .unwrap();
     insert_stream(pool, id, &rows[400..440]).await;
     drain(pool, 100).await; // 12: 40 learned, 3 dead; the unknown model's row dead too
-    recorded.insert(12, stored(pool, id).await);
+    recorded.insert(12, State::load(pool, id).await);
     insert_stream(pool, id, &rows[440..]).await; // 40 pending
     insert_stream(pool, prices.model_id, &seed_stream()[..5]).await; // 5 pending
     assert_eq!(current_version(pool, id).await, 12);
@@ -228,13 +202,13 @@ async fn every_query_in_sql_returns_the_expected_rows() {
         parameter: Some("__intercept__".into()),
         ..Default::default()
     };
-    let mut want = history::updates(pool, id, &filter).await.unwrap();
+    let mut want = committed::updates(pool, id, &filter).await.unwrap();
     want.reverse();
     assert_eq!(got.len(), want.len());
     assert!(got.len() >= 10);
     for (g, w) in got.iter().zip(&want) {
         assert_eq!(i(g, "model_version"), w.model_version);
-        assert_eq!(g["update_type"], w.update_type);
+        assert_eq!(g["update_type"], w.update_type.as_str());
         assert_eq!(g["source"], w.source.clone().unwrap_or_default());
         assert_eq!(opt_f(g, "learning_rate"), w.learning_rate);
         assert_eq!(opt_f(g, "old_value"), w.old_value);
@@ -509,14 +483,6 @@ async fn every_query_in_sql_returns_the_expected_rows() {
     .unwrap();
     assert_eq!(metadata, serde_json::json!({"note": "x, \"quoted\""}));
     // Reading through the library agrees with the SQL function at the current version.
-    let now = reconstruct::parameters_at(pool, id, At::Current).await.unwrap();
+    let now = committed::parameters_at(pool, id, At::Current).await.unwrap();
     assert_eq!(now.parameters.len(), recorded[&12].len());
-}
-
-async fn current_version(pool: &PgPool, id: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT version FROM models WHERE model_id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }

@@ -1,88 +1,17 @@
 //! The `olps` binary, run as a user would: the embedded default database, `model` commands
 //! against DATABASE_URL, and `serve` with a graceful shutdown on SIGTERM.
 
-mod common;
-
 use std::fs;
 use std::net::TcpListener;
-use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::process::{Child, Command, ExitStatus, Output, Stdio};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use sqlx::Connection;
 use uuid::Uuid;
 
-const OLPS: &str = env!("CARGO_BIN_EXE_olps");
-
-/// Environment variables of this process that would change what the child does.
-const SCRUBBED_ENV: &[&str] = &["DATABASE_URL", "OLPS_LISTEN", "OLPS_POOL_SIZE", "PGDATA"];
-
-/// `olps ARGS` in `dir` with `DATABASE_URL` set to `url`, or removed when `url` is `None` (the
-/// embedded default).
-fn olps_command(dir: Option<&Path>, url: Option<&str>, args: &[&str]) -> Command {
-    let mut command = Command::new(OLPS);
-    command.args(args).stdin(Stdio::null());
-    for name in SCRUBBED_ENV {
-        command.env_remove(name);
-    }
-    if let Some(url) = url {
-        command.env("DATABASE_URL", url);
-    }
-    if let Some(dir) = dir {
-        command.current_dir(dir);
-    }
-    command
-}
-
-/// Runs `olps ARGS` to completion (blocking; the tests here own their runtime).
-fn olps(dir: Option<&Path>, url: Option<&str>, args: &[&str]) -> Output {
-    olps_command(dir, url, args)
-        .output()
-        .unwrap_or_else(|e| panic!("cannot run {OLPS}: {e}"))
-}
-
-fn stdout(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
-fn stderr(out: &Output) -> String {
-    String::from_utf8_lossy(&out.stderr).into_owned()
-}
-
-fn describe(args: &[&str], out: &Output) -> String {
-    format!(
-        "olps {}: {}\n--- stdout ---\n{}--- stderr ---\n{}",
-        args.join(" "),
-        out.status,
-        stdout(out),
-        stderr(out)
-    )
-}
-
-/// Runs `olps ARGS` and requires success.
-fn olps_ok(dir: Option<&Path>, url: Option<&str>, args: &[&str]) -> Output {
-    let out = olps(dir, url, args);
-    assert!(out.status.success(), "{}", describe(args, &out));
-    out
-}
-
-/// Runs `olps ARGS` and requires failure (a non-zero exit, not a crash by signal).
-fn olps_fails(dir: Option<&Path>, url: Option<&str>, args: &[&str]) -> Output {
-    let out = olps(dir, url, args);
-    assert!(
-        matches!(out.status.code(), Some(code) if code != 0),
-        "expected a non-zero exit; {}",
-        describe(args, &out)
-    );
-    assert!(
-        !stderr(&out).contains("panicked"),
-        "olps panicked; {}",
-        describe(args, &out)
-    );
-    out
-}
+use crate::common::*;
 
 /// The UUID `model create` prints as the last line of stdout.
 fn created_model_id(args: &[&str], out: &Output) -> Uuid {
@@ -99,71 +28,8 @@ fn created_model_id(args: &[&str], out: &Output) -> Uuid {
     })
 }
 
-fn unique_name(prefix: &str) -> String {
-    static COUNTER: AtomicU32 = AtomicU32::new(0);
-    let nanos = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .subsec_nanos();
-    format!(
-        "{prefix}-{}-{}-{nanos}",
-        std::process::id(),
-        COUNTER.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-fn running_as_root() -> bool {
-    fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
-
 // ---------------------------------------------------------------------------------------------
 // a. The embedded default database
-
-/// A fresh working directory under /tmp; stops the embedded cluster under its `.olps` and
-/// removes it all when dropped, also when an assertion fails.
-struct WorkDir {
-    root: PathBuf,
-}
-
-impl WorkDir {
-    fn new(prefix: &str) -> WorkDir {
-        let root = PathBuf::from("/tmp").join(unique_name(prefix));
-        fs::create_dir(&root).unwrap();
-        // When the tests run as root, the server runs as `postgres`, which must pass through.
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
-        WorkDir { root }
-    }
-
-    fn base(&self) -> PathBuf {
-        self.root.join(".olps")
-    }
-}
-
-impl Drop for WorkDir {
-    fn drop(&mut self) {
-        if let Err(e) = olps::embedded::stop_cluster(&self.base()) {
-            eprintln!("cleanup: {e}");
-            // Last resort, so no server outlives the test.
-            if let Some(bin) = olps::embedded::find_pg_bin_dir() {
-                let data = self.base().join("data");
-                let mut stop = if running_as_root() {
-                    let mut c = Command::new("runuser");
-                    c.args(["-u", "postgres", "--"]).arg(bin.join("pg_ctl"));
-                    c
-                } else {
-                    Command::new(bin.join("pg_ctl"))
-                };
-                let _ = stop
-                    .args(["stop", "-m", "immediate", "-D"])
-                    .arg(data)
-                    .status();
-            }
-        }
-        let _ = fs::remove_dir_all(&self.root);
-    }
-}
 
 /// The connection URL in "olps: using embedded PostgreSQL in DIR (URL)".
 fn embedded_url(stderr: &str) -> Option<String> {
@@ -177,7 +43,7 @@ fn embedded_url(stderr: &str) -> Option<String> {
 
 #[tokio::test]
 async fn embedded_default_database_end_to_end() {
-    let work = WorkDir::new("olps-cli-embedded");
+    let work = TempCluster::new("olps-cli-embedded");
     let dir = Some(work.root.as_path());
 
     if olps::embedded::find_pg_bin_dir().is_none() {
@@ -186,7 +52,7 @@ async fn embedded_default_database_end_to_end() {
         let err = stderr(&out);
         assert!(err.contains("DATABASE_URL"), "{err}");
         assert!(err.contains("docker compose"), "{err}");
-        assert!(!work.base().join("data").exists());
+        assert!(!work.base.join("data").exists());
         eprintln!("no PostgreSQL binaries: checked the error only");
         return;
     }
@@ -195,7 +61,7 @@ async fn embedded_default_database_end_to_end() {
     let args = ["migrate"];
     let out = olps_ok(dir, None, &args);
     let err = stderr(&out);
-    let data_dir = work.base().join("data");
+    let data_dir = work.base.join("data");
     assert!(
         err.contains("embedded PostgreSQL") && err.contains(&data_dir.display().to_string()),
         "migrate does not name the embedded cluster it used; {}",
@@ -290,7 +156,7 @@ async fn embedded_default_database_end_to_end() {
 
 #[tokio::test]
 async fn model_create_stores_flags_and_rejects_bad_ones() {
-    let db = common::TestDb::new().await;
+    let db = TestDb::new().await;
     let url = Some(db.url.as_str());
 
     let args = [
@@ -479,7 +345,7 @@ async fn start_server(url: &str, client: &reqwest::Client) -> (Server, String) {
 
 #[tokio::test]
 async fn serve_answers_health_and_stops_gracefully_on_sigterm() {
-    let db = common::TestDb::new().await;
+    let db = TestDb::new().await;
     let client = reqwest::Client::new();
     let (mut server, base) = start_server(&db.url, &client).await;
 

@@ -1,9 +1,8 @@
 //! The schema: migrations (twice, concurrently), the documented trigger and view, queue order.
 
-mod common;
-
-use common::TestDb;
 use uuid::Uuid;
+
+use crate::common::TestDb;
 
 async fn applied_migrations(db: &TestDb) -> Vec<i32> {
     sqlx::query_scalar("SELECT version FROM refinery_schema_history ORDER BY version")

@@ -2,10 +2,9 @@
 //! restores the snapshot's accuracy, the SVG is XML, the printed commands run, and the same seed
 //! gives the same report.
 
-mod common;
-
-use common::TestDb;
 use olps::demo::{DemoArgs, DemoReport};
+
+use crate::common::{TestDb, OLPS};
 
 async fn run_demo(db: &TestDb, out: &std::path::Path) -> DemoReport {
     let args = DemoArgs {
@@ -14,7 +13,7 @@ async fn run_demo(db: &TestDb, out: &std::path::Path) -> DemoReport {
         keep: false,
         chunk: 50,
         out: out.to_path_buf(),
-        olps_bin: Some(env!("CARGO_BIN_EXE_olps").into()),
+        olps_bin: Some(OLPS.into()),
         quiet: true,
     };
     let database = olps::db::Database {
@@ -75,7 +74,7 @@ async fn demo_runs_end_to_end_and_is_deterministic() {
             .map(str::to_string)
             .collect();
         let program = match words[0].as_str() {
-            "olps" => env!("CARGO_BIN_EXE_olps").to_string(),
+            "olps" => OLPS.to_string(),
             other => other.to_string(),
         };
         let output = std::process::Command::new(program)

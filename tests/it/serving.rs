@@ -2,103 +2,17 @@
 //! learner's own, freshness through notifications and through the fallbacks, delayed labels end
 //! to end, the prediction log on shutdown, metrics, request limits, and the OpenAPI document.
 
-mod common;
-
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::time::Duration;
 
-use common::*;
 use olps::http::AppState;
 use olps::learner::{Learner, LearnerConfig, ModelKind};
 use olps::serving::ServingConfig;
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio_util::sync::CancellationToken;
 
-/// A service on port 0 with its own serving settings, whose shutdown can be awaited.
-struct Service {
-    base: String,
-    client: reqwest::Client,
-    shutdown: CancellationToken,
-    handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
-}
-
-impl Service {
-    async fn start(pool: &PgPool, config: ServingConfig) -> Service {
-        Service::start_with(AppState::with_serving(pool.clone(), config)).await
-    }
-
-    async fn start_with(state: AppState) -> Service {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base = format!("http://{}", listener.local_addr().unwrap());
-        let shutdown = CancellationToken::new();
-        let handle = tokio::spawn(olps::http::serve(listener, state, shutdown.clone()));
-        Service {
-            base,
-            client: reqwest::Client::new(),
-            shutdown,
-            handle: Some(handle),
-        }
-    }
-
-    async fn post(&self, path: &str, body: &Value) -> (u16, Value) {
-        let r = self
-            .client
-            .post(format!("{}{path}", self.base))
-            .json(body)
-            .send()
-            .await
-            .expect("request");
-        decode(r).await
-    }
-
-    async fn get(&self, path: &str) -> (u16, Value) {
-        let r = self
-            .client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("request");
-        decode(r).await
-    }
-
-    async fn text(&self, path: &str) -> String {
-        self.client
-            .get(format!("{}{path}", self.base))
-            .send()
-            .await
-            .expect("request")
-            .text()
-            .await
-            .unwrap()
-    }
-
-    /// Graceful shutdown: waits until the server (and its prediction log) has stopped.
-    async fn stop(&mut self) {
-        self.shutdown.cancel();
-        if let Some(handle) = self.handle.take() {
-            tokio::time::timeout(Duration::from_secs(30), handle)
-                .await
-                .expect("shutdown within 30 s")
-                .unwrap()
-                .unwrap();
-        }
-    }
-}
-
-impl Drop for Service {
-    fn drop(&mut self) {
-        self.shutdown.cancel();
-    }
-}
-
-async fn decode(response: reqwest::Response) -> (u16, Value) {
-    let status = response.status().as_u16();
-    let text = response.text().await.expect("body");
-    let value = serde_json::from_str(&text).unwrap_or(Value::String(text));
-    (status, value)
-}
+use crate::common::*;
 
 fn features_json(features: &[(String, f64)]) -> Value {
     Value::Object(
@@ -133,14 +47,6 @@ where
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-}
-
-async fn model_version(pool: &PgPool, model: uuid::Uuid) -> i64 {
-    sqlx::query_scalar("SELECT version FROM models WHERE model_id = $1")
-        .bind(model)
-        .fetch_one(pool)
-        .await
-        .unwrap()
 }
 
 async fn logged_rows(pool: &PgPool) -> i64 {
@@ -188,14 +94,7 @@ async fn learners_at_versions(
 
 #[tokio::test]
 async fn batch_predictions_during_fast_learning_each_equal_the_learner_at_their_version() {
-    let db = TestDb::new().await;
-    let model = create_model(
-        &db.pool,
-        "consistent",
-        ModelKind::Logistic,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, model) = TestDb::with_model("consistent", ModelKind::Logistic).await;
     let rows = sparse_stream(4_000, 5, 30, true, 21);
     insert_stream(&db.pool, model.model_id, &rows).await;
     let service = Service::start(&db.pool, fast_checks()).await;
@@ -209,19 +108,7 @@ async fn batch_predictions_during_fast_learning_each_equal_the_learner_at_their_
     // Warm the cache at version 0, then learn in small batches (one version each) while asking.
     let (status, first) = service.post("/v1/models/consistent/predict", &body).await;
     assert_eq!(status, 200, "{first}");
-    let pool = db.pool.clone();
-    let worker = tokio::spawn(async move {
-        let config = olps::worker::WorkerConfig {
-            batch_size: 10,
-            poll_interval: Duration::from_millis(10),
-            until_empty: true,
-            ..Default::default()
-        };
-        olps::worker::Worker::new(pool, config)
-            .run(CancellationToken::new())
-            .await
-            .unwrap()
-    });
+    let worker = tokio::spawn(run_worker(db.pool.clone(), 10, Duration::from_millis(10)));
     let mut answers: Vec<(i64, Vec<f64>)> = Vec::with_capacity(1_000);
     let mut last_version = 0;
     for _ in 0..1_000 {
@@ -266,14 +153,7 @@ async fn batch_predictions_during_fast_learning_each_equal_the_learner_at_their_
 
 #[tokio::test]
 async fn single_prediction_matches_learner_and_explains_unknown_features() {
-    let db = TestDb::new().await;
-    let model = create_model(
-        &db.pool,
-        "explained",
-        ModelKind::Linear,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, model) = TestDb::with_model("explained", ModelKind::Linear).await;
     let rows = seed_stream();
     insert_stream(&db.pool, model.model_id, &rows[..300]).await;
     drain(&db.pool, 100).await;
@@ -326,7 +206,7 @@ async fn single_prediction_matches_learner_and_explains_unknown_features() {
 async fn learn_more(pool: &PgPool, model: uuid::Uuid, rows: &[Row]) -> i64 {
     insert_stream(pool, model, rows).await;
     drain(pool, 1_000).await;
-    model_version(pool, model).await
+    current_version(pool, model).await
 }
 
 async fn served_version(service: &Service, model: &str) -> i64 {
@@ -353,14 +233,7 @@ async fn listener_pids(pool: &PgPool) -> Vec<i32> {
 
 #[tokio::test]
 async fn new_versions_are_served_via_notification_and_after_the_listener_is_killed() {
-    let db = TestDb::new().await;
-    let model = create_model(
-        &db.pool,
-        "fresh",
-        ModelKind::Linear,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, model) = TestDb::with_model("fresh", ModelKind::Linear).await;
     let rows = seed_stream();
     // No periodic check during the test: only the notification path (and the re-check after a
     // reconnection) can bring new versions.
@@ -417,14 +290,7 @@ async fn new_versions_are_served_via_notification_and_after_the_listener_is_kill
 
 #[tokio::test]
 async fn periodic_version_check_serves_new_versions_without_notifications() {
-    let db = TestDb::new().await;
-    let model = create_model(
-        &db.pool,
-        "polled",
-        ModelKind::Linear,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, model) = TestDb::with_model("polled", ModelKind::Linear).await;
     let rows = seed_stream();
     let service = Service::start(
         &db.pool,
@@ -456,14 +322,7 @@ async fn periodic_version_check_serves_new_versions_without_notifications() {
 
 #[tokio::test]
 async fn incremental_and_full_refresh_give_the_same_model() {
-    let db = TestDb::new().await;
-    let model = create_model(
-        &db.pool,
-        "refresh",
-        ModelKind::Logistic,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, model) = TestDb::with_model("refresh", ModelKind::Logistic).await;
     let rows = sparse_stream(1_500, 4, 200, true, 5);
     let cache = std::sync::Arc::new(olps::serving::ModelCache::new(db.pool.clone()));
     let first = cache.get("refresh").await.unwrap();
@@ -510,14 +369,7 @@ async fn incremental_and_full_refresh_give_the_same_model() {
 
 #[tokio::test]
 async fn delayed_labels_over_http_train_on_the_logged_features() {
-    let db = TestDb::new().await;
-    let model = create_model(
-        &db.pool,
-        "delayed",
-        ModelKind::Logistic,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, model) = TestDb::with_model("delayed", ModelKind::Logistic).await;
     let service = Service::start(&db.pool, fast_checks()).await;
     let rows = sparse_stream(60, 5, 25, true, 3);
     // 20 single predictions, then a batch of 40, each with an entity; entity u3 is predicted
@@ -592,14 +444,7 @@ async fn delayed_labels_over_http_train_on_the_logged_features() {
 
 #[tokio::test]
 async fn graceful_shutdown_flushes_the_prediction_log() {
-    let db = TestDb::new().await;
-    create_model(
-        &db.pool,
-        "flushed",
-        ModelKind::Linear,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, _) = TestDb::with_model("flushed", ModelKind::Linear).await;
     let mut service = Service::start(
         &db.pool,
         ServingConfig {
@@ -637,14 +482,7 @@ async fn graceful_shutdown_flushes_the_prediction_log() {
 
 #[tokio::test]
 async fn a_full_log_buffer_drops_and_counts_but_still_answers() {
-    let db = TestDb::new().await;
-    create_model(
-        &db.pool,
-        "full",
-        ModelKind::Linear,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, _) = TestDb::with_model("full", ModelKind::Linear).await;
     let mut service = Service::start(
         &db.pool,
         ServingConfig {
@@ -714,14 +552,7 @@ fn metric_value(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
 
 #[tokio::test]
 async fn metrics_cover_requests_predictions_feedback_queue_versions_and_the_worker() {
-    let db = TestDb::new().await;
-    let model = create_model(
-        &db.pool,
-        "observed",
-        ModelKind::Linear,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, model) = TestDb::with_model("observed", ModelKind::Linear).await;
     let service = Service::start(&db.pool, fast_checks()).await;
     let rows = seed_stream();
     insert_stream(&db.pool, model.model_id, &rows[..250]).await;
@@ -802,28 +633,21 @@ async fn metrics_cover_requests_predictions_feedback_queue_versions_and_the_work
 
 #[tokio::test]
 async fn worker_serves_metrics_with_metrics_listen() {
-    let db = TestDb::new().await;
-    let model = create_model(
-        &db.pool,
-        "worked",
-        ModelKind::Linear,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, model) = TestDb::with_model("worked", ModelKind::Linear).await;
     insert_stream(&db.pool, model.model_id, &seed_stream()[..120]).await;
     let addr = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         l.local_addr().unwrap()
     };
-    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_olps"))
-        .args([
-            "worker",
-            "--batch-size",
-            "50",
-            "--metrics-listen",
-            &addr.to_string(),
-        ])
-        .env("DATABASE_URL", &db.url)
+    let metrics_listen = addr.to_string();
+    let args = [
+        "worker",
+        "--batch-size",
+        "50",
+        "--metrics-listen",
+        &metrics_listen,
+    ];
+    let mut child = olps_command(None, Some(&db.url), &args)
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -877,14 +701,7 @@ fn assert_error(status: u16, body: &Value, want_status: u16, want_code: &str, me
 
 #[tokio::test]
 async fn bad_predict_requests_are_4xx_with_actionable_messages() {
-    let db = TestDb::new().await;
-    create_model(
-        &db.pool,
-        "strict",
-        ModelKind::Linear,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, _) = TestDb::with_model("strict", ModelKind::Linear).await;
     let service = Service::start(&db.pool, fast_checks()).await;
     let p = "/v1/models/strict/predict";
     let (s, b) = service
@@ -1195,14 +1012,7 @@ async fn openapi_document_lists_every_served_route_and_every_documented_route_is
 
 #[tokio::test]
 async fn answers_match_their_documented_shapes() {
-    let db = TestDb::new().await;
-    let model = create_model(
-        &db.pool,
-        "shaped",
-        ModelKind::Logistic,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, model) = TestDb::with_model("shaped", ModelKind::Logistic).await;
     let service = Service::start(&db.pool, fast_checks()).await;
     let (_, doc) = service.get("/openapi.json").await;
     let check = |method: &str, path: &str, status: u16, body: &Value| {
@@ -1313,19 +1123,12 @@ async fn answers_match_their_documented_shapes() {
 
 #[tokio::test]
 async fn deleted_models_stop_being_served_and_their_name_can_be_reused() {
-    let db = TestDb::new().await;
-    let old = create_model(
-        &db.pool,
-        "reused",
-        ModelKind::Linear,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, old) = TestDb::with_model("reused", ModelKind::Linear).await;
     insert_stream(&db.pool, old.model_id, &seed_stream()[..100]).await;
     drain(&db.pool, 100).await;
     let service = Service::start(&db.pool, fast_checks()).await;
     assert_eq!(served_version(&service, "reused").await, 1);
-    olps::models::delete(&db.pool, old.model_id).await.unwrap();
+    committed::delete_model(&db.pool, old.model_id).await.unwrap();
     eventually(10, "the deleted model to be dropped", || async {
         let (status, _) = service
             .post("/v1/models/reused/predict", &json!({"features": {}}))

@@ -1,12 +1,11 @@
 //! Concept drift: detection on the prequential loss, adaptation, and (against PostgreSQL) the
 //! detector state surviving a worker restart.
 
-mod common;
-
-use common::*;
 use olps::learner::drift::{Adaptation, DetectorKind, DriftConfig};
 use olps::learner::{Example, Learner, LearnerConfig, ModelKind, OptimizerKind};
 use rand::{Rng, SeedableRng};
+
+use crate::common::*;
 
 /// A seed_stream-like linear stream: y = s * sum(x) + noise, with s flipping at `flip_at`.
 fn linear_stream(n: usize, flip_at: Option<usize>, seed: u64) -> Vec<Row> {
@@ -95,10 +94,6 @@ fn with(
         },
         ..LearnerConfig::default()
     }
-}
-
-fn mean(xs: &[f64]) -> f64 {
-    xs.iter().sum::<f64>() / xs.len() as f64
 }
 
 #[test]
@@ -294,7 +289,7 @@ async fn guard_rolls_back_and_quarantines_a_poisoned_model_and_resume_loses_noth
     let clean = rotating_stream(6_000, None, 0.0, 21);
     insert_stream(&db.pool, id, &clean[..3_000]).await;
     drain(&db.pool, 100).await;
-    let trained = olps::timeline::snapshots::create(&db.pool, id, Some("trained"))
+    let trained = committed::create_snapshot(&db.pool, id, Some("trained"))
         .await
         .unwrap();
     // A burst of flipped labels, then clean traffic, all queued at once.
@@ -332,7 +327,7 @@ async fn guard_rolls_back_and_quarantines_a_poisoned_model_and_resume_loses_noth
         "rolled back to a snapshot at or after training"
     );
     // The parameters are those of the target version, bit for bit (zeroed extras aside).
-    let at_target = olps::timeline::reconstruct::parameters_at(&db.pool, id, olps::timeline::reconstruct::At::Version(target))
+    let at_target = committed::parameters_at(&db.pool, id, olps::timeline::reconstruct::At::Version(target))
         .await
         .unwrap();
     let now = olps::params::load_all(&db.pool, id).await.unwrap();

@@ -2,22 +2,21 @@
 //! invariant 4 (rollback is bit for bit, is a version of its own, and roll-forward works), with
 //! invariants 1 and 2 holding across rollbacks while workers drain.
 
-mod common;
-
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
-use common::*;
-use olps::timeline::history::{self, At, TimelineError, HistoryFilter, Lookup, ReadPlan};
+use olps::timeline::error::TimelineError;
+use olps::timeline::history::HistoryFilter;
+use olps::timeline::reconstruct::{self, At, Lookup, ReadPlan};
 use olps::learner::{Example, Learner, LearnerConfig, ModelKind, OptimizerKind, ParamState};
 use olps::timeline::rollback::{self, RollbackPlan, RollbackTarget};
-use olps::timeline::snapshots::{self, SnapshotPolicy};
-use olps::worker::{BatchOutcome, Worker, WorkerConfig};
+use olps::timeline::snapshots::{self, SnapshotKind, SnapshotPolicy};
 use serde_json::{json, Value};
 use sqlx::PgPool;
 use uuid::Uuid;
 
-type State = HashMap<String, ParamState>;
+use crate::common::*;
+
 /// A row of `olps_parameters_at`.
 type SqlParameterRow = (String, f64, f64, f64, i64, f64, f64, i64);
 
@@ -28,49 +27,24 @@ struct Recorded {
     examples_seen: i64,
 }
 
-async fn stored(pool: &PgPool, id: Uuid) -> Recorded {
-    let params = olps::params::load_all(pool, id).await.unwrap();
-    let examples_seen: i64 =
-        sqlx::query_scalar("SELECT examples_seen FROM models WHERE model_id = $1")
-            .bind(id)
-            .fetch_one(pool)
-            .await
-            .unwrap();
-    Recorded {
-        params,
-        examples_seen,
-    }
-}
-
-async fn current_version(pool: &PgPool, id: Uuid) -> i64 {
-    sqlx::query_scalar("SELECT version FROM models WHERE model_id = $1")
-        .bind(id)
-        .fetch_one(pool)
-        .await
-        .unwrap()
-}
-
-/// Applies the model's queue one batch (one version) at a time, recording every version.
-async fn step_all(pool: &PgPool, id: Uuid, batch: i64, recorded: &mut BTreeMap<i64, Recorded>) {
-    let config = WorkerConfig {
-        batch_size: batch,
-        models: vec![id],
-        ..Default::default()
-    };
-    let mut worker = Worker::new(pool.clone(), config);
-    loop {
-        match worker.run_batch(id).await.unwrap() {
-            BatchOutcome::Applied { version, .. } => {
-                recorded.insert(version, stored(pool, id).await);
-            }
-            BatchOutcome::Empty => break,
-            other => panic!("unexpected batch outcome {other:?}"),
+impl Stored for Recorded {
+    async fn load(pool: &PgPool, id: Uuid) -> Recorded {
+        let params = State::load(pool, id).await;
+        let examples_seen: i64 =
+            sqlx::query_scalar("SELECT examples_seen FROM models WHERE model_id = $1")
+                .bind(id)
+                .fetch_one(pool)
+                .await
+                .unwrap();
+        Recorded {
+            params,
+            examples_seen,
         }
     }
 }
 
 async fn rollback_to(pool: &PgPool, id: Uuid, target: RollbackTarget) -> rollback::RollbackOutcome {
-    rollback::rollback(pool, id, &target).await.unwrap()
+    committed::rollback(pool, id, &target).await.unwrap()
 }
 
 /// Equal bit for bit, where a parameter in its initial state counts as absent (a rollback zeroes
@@ -99,7 +73,7 @@ fn assert_exact(what: &str, got: &State, want: &State) {
 }
 
 async fn assert_model_equals(pool: &PgPool, id: Uuid, want: &Recorded, what: &str) {
-    let got = stored(pool, id).await;
+    let got = Recorded::load(pool, id).await;
     assert_equivalent(what, &got.params, &want.params);
     assert_eq!(
         got.examples_seen, want.examples_seen,
@@ -164,12 +138,12 @@ async fn rollback_and_roll_forward_restore_parameters_and_optimizer_state_bit_fo
     let mut rows = sparse_stream(300, 5, 40, true, 1);
     rows.extend(sparse_stream(400, 5, 60, true, 2));
     let mut recorded = BTreeMap::new();
-    recorded.insert(0, stored(pool, id).await);
+    recorded.insert(0, Recorded::load(pool, id).await);
 
     insert_stream(pool, id, &rows[..300]).await;
     step_all(pool, id, 50, &mut recorded).await;
     assert_eq!(current_version(pool, id).await, 6);
-    let snap = snapshots::create(pool, id, Some("v6")).await.unwrap();
+    let snap = committed::create_snapshot(pool, id, Some("v6")).await.unwrap();
     assert_eq!(
         (
             snap.model_version,
@@ -233,7 +207,7 @@ async fn rollback_and_roll_forward_restore_parameters_and_optimizer_state_bit_fo
     );
     assert_eq!(out.parameters_zeroed, born_later);
     assert_eq!(
-        stored(pool, id).await.params.len(),
+        Recorded::load(pool, id).await.params.len(),
         recorded[&12].params.len()
     );
     assert_linear_history(pool, id).await;
@@ -252,7 +226,7 @@ async fn rollback_and_roll_forward_restore_parameters_and_optimizer_state_bit_fo
         (5, Lookup::Hashed, "incremental-hashed"),
     ] {
         let target = RollbackTarget::Version(to);
-        let out = rollback::rollback_with(pool, id, &target, RollbackPlan::Incremental(lookup))
+        let out = committed::rollback_with(pool, id, &target, RollbackPlan::Incremental(lookup))
             .await
             .unwrap();
         assert_eq!(out.plan, plan);
@@ -264,12 +238,12 @@ async fn rollback_and_roll_forward_restore_parameters_and_optimizer_state_bit_fo
         )
         .await;
     }
-    let out = rollback::rollback_with(pool, id, &RollbackTarget::Version(3), RollbackPlan::Full)
+    let out = committed::rollback_with(pool, id, &RollbackTarget::Version(3), RollbackPlan::Full)
         .await
         .unwrap();
     assert_eq!(out.plan, "full");
     assert_model_equals(pool, id, &recorded[&3], "rollback to 3, full").await;
-    let out = rollback::rollback_with(pool, id, &RollbackTarget::Version(12), RollbackPlan::Full)
+    let out = committed::rollback_with(pool, id, &RollbackTarget::Version(12), RollbackPlan::Full)
         .await
         .unwrap();
     assert_model_equals(pool, id, &recorded[&12], "roll forward to 12, full").await;
@@ -303,7 +277,7 @@ async fn rollback_and_roll_forward_restore_parameters_and_optimizer_state_bit_fo
     assert_eq!(stats.examples, 100);
     let replay: Vec<Row> = rows[..300].iter().chain(&rows[600..]).cloned().collect();
     let expected = learn_in_memory(&model, &replay);
-    let now = stored(pool, id).await;
+    let now = Recorded::load(pool, id).await;
     assert_equivalent("learning after rollback", &now.params, &expected.params);
     assert_eq!(now.examples_seen, expected.examples_seen);
     assert!(current_version(pool, id).await > out.version);
@@ -320,11 +294,11 @@ async fn rollback_and_roll_forward_restore_parameters_and_optimizer_state_bit_fo
             "not found",
         ),
     ] {
-        let err = rollback::rollback(pool, id, &target).await.unwrap_err();
+        let err = committed::rollback(pool, id, &target).await.unwrap_err();
         assert!(err.to_string().contains(expect), "{target:?}: {err}");
     }
     assert!(matches!(
-        rollback::rollback(pool, Uuid::new_v4(), &RollbackTarget::Version(0)).await,
+        committed::rollback(pool, Uuid::new_v4(), &RollbackTarget::Version(0)).await,
         Err(TimelineError::Model(_))
     ));
     assert_eq!(current_version(pool, id).await, before);
@@ -344,19 +318,19 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
     let id = model.model_id;
     let rows = sparse_stream(520, 4, 50, false, 2);
     let mut recorded = BTreeMap::new();
-    recorded.insert(0, stored(pool, id).await);
+    recorded.insert(0, Recorded::load(pool, id).await);
     insert_stream(pool, id, &rows[..160]).await;
     step_all(pool, id, 40, &mut recorded).await; // 1..=4
-    snapshots::create(pool, id, Some("four")).await.unwrap();
+    committed::create_snapshot(pool, id, Some("four")).await.unwrap();
     insert_stream(pool, id, &rows[160..280]).await;
     step_all(pool, id, 40, &mut recorded).await; // 5..=7
-    snapshots::create(pool, id, None).await.unwrap();
+    committed::create_snapshot(pool, id, None).await.unwrap();
     let out = rollback_to(pool, id, RollbackTarget::Version(5)).await; // 8
-    recorded.insert(out.version, stored(pool, id).await);
+    recorded.insert(out.version, Recorded::load(pool, id).await);
     insert_stream(pool, id, &rows[280..440]).await;
     step_all(pool, id, 40, &mut recorded).await; // 9..=12
     let out = rollback_to(pool, id, RollbackTarget::Version(10)).await; // 13
-    recorded.insert(out.version, stored(pool, id).await);
+    recorded.insert(out.version, Recorded::load(pool, id).await);
     insert_stream(pool, id, &rows[440..]).await;
     step_all(pool, id, 40, &mut recorded).await; // 14, 15
     let current = current_version(pool, id).await;
@@ -368,7 +342,7 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
 
     for (&version, want) in &recorded {
         for plan in PLANS {
-            let read = reconstruct::parameters_at_with(pool, id, At::Version(version), plan)
+            let read = committed::parameters_at_with(pool, id, At::Version(version), plan)
                 .await
                 .unwrap();
             assert_eq!((read.model_id, read.version), (id, version));
@@ -388,7 +362,7 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
                 .all(|p| p.last_changed_version <= version));
         }
     }
-    let now = reconstruct::parameters_at(pool, id, At::Current).await.unwrap();
+    let now = committed::parameters_at(pool, id, At::Current).await.unwrap();
     assert_eq!(now.version, current);
     assert_exact("current", &pit_state(&now), &recorded[&current].params);
 
@@ -407,7 +381,7 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
             .map(|(v, _)| *v)
             .max()
             .unwrap();
-        let read = reconstruct::parameters_at(pool, id, At::Time(*at))
+        let read = committed::parameters_at(pool, id, At::Time(*at))
             .await
             .unwrap();
         assert_eq!(
@@ -417,18 +391,18 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
         assert_exact("by time", &pit_state(&read), &recorded[&expected].params);
     }
     let before_all = created[0].1 - chrono::Duration::seconds(1);
-    let read = reconstruct::parameters_at(pool, id, At::Time(before_all))
+    let read = committed::parameters_at(pool, id, At::Time(before_all))
         .await
         .unwrap();
     assert_eq!((read.version, read.parameters.len()), (0, 0));
 
     // Bad versions.
     assert!(matches!(
-        reconstruct::parameters_at(pool, id, At::Version(current + 1)).await,
+        committed::parameters_at(pool, id, At::Version(current + 1)).await,
         Err(TimelineError::VersionNotFound { requested, current: c }) if requested == current + 1 && c == current
     ));
     assert!(matches!(
-        reconstruct::parameters_at(pool, id, At::Version(-1)).await,
+        committed::parameters_at(pool, id, At::Version(-1)).await,
         Err(TimelineError::InvalidArgument(m)) if m.contains("version")
     ));
 
@@ -476,21 +450,7 @@ async fn rollbacks_while_two_workers_drain_keep_the_line_and_apply_each_event_on
     let rows = sparse_stream(4_000, 6, 120, false, 9);
     insert_stream(pool, id, &rows).await;
     let workers: Vec<_> = (0..2)
-        .map(|_| {
-            let pool = pool.clone();
-            tokio::spawn(async move {
-                let config = WorkerConfig {
-                    batch_size: 20,
-                    poll_interval: Duration::from_millis(5),
-                    until_empty: true,
-                    ..Default::default()
-                };
-                Worker::new(pool, config)
-                    .run(tokio_util::sync::CancellationToken::new())
-                    .await
-                    .unwrap()
-            })
-        })
+        .map(|_| tokio::spawn(run_worker(pool.clone(), 20, Duration::from_millis(5))))
         .collect();
     // Roll back three times while they learn: back 4 versions, back to 2, and forward again.
     let mut rollbacks = Vec::new();
@@ -553,7 +513,7 @@ async fn rollbacks_while_two_workers_drain_keep_the_line_and_apply_each_event_on
         cursor, 4_000,
         "the learned versions cover the stream once, in order"
     );
-    let now = stored(pool, id).await;
+    let now = Recorded::load(pool, id).await;
     assert_equivalent(
         "after the run",
         &now.params,
@@ -561,7 +521,7 @@ async fn rollbacks_while_two_workers_drain_keep_the_line_and_apply_each_event_on
     );
     assert_eq!(now.examples_seen, states[current as usize].examples_seen);
     for (version, target) in &rollbacks {
-        let read = reconstruct::parameters_at(pool, id, At::Version(*version))
+        let read = committed::parameters_at(pool, id, At::Version(*version))
             .await
             .unwrap();
         assert_equivalent(
@@ -591,13 +551,13 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
     let id = model.model_id;
     let rows = sparse_stream(400, 4, 40, true, 4);
     let mut recorded = BTreeMap::new();
-    recorded.insert(0, stored(pool, id).await);
+    recorded.insert(0, Recorded::load(pool, id).await);
     insert_stream(pool, id, &rows[..160]).await;
     step_all(pool, id, 40, &mut recorded).await; // 1..=4
-    let s4 = snapshots::create(pool, id, Some("four")).await.unwrap();
+    let s4 = committed::create_snapshot(pool, id, Some("four")).await.unwrap();
     insert_stream(pool, id, &rows[160..280]).await;
     step_all(pool, id, 40, &mut recorded).await; // 5..=7
-    let s7 = snapshots::create(pool, id, Some("seven")).await.unwrap();
+    let s7 = committed::create_snapshot(pool, id, Some("seven")).await.unwrap();
     insert_stream(pool, id, &rows[280..]).await;
     step_all(pool, id, 40, &mut recorded).await; // 8..=10
     let created_9: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
@@ -624,7 +584,7 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
 
     // Before the first snapshot: nothing to delete, and it says why.
     let early = recorded_time(pool, id, 2).await;
-    let report = history::prune(pool, id, early, false).await.unwrap();
+    let report = committed::prune(pool, id, early, false).await.unwrap();
     assert_eq!((report.deleted_rows, report.pruned_through), (0, 0));
     assert!(
         report.notes[0].contains("no snapshot"),
@@ -632,7 +592,7 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
         report.notes
     );
 
-    let dry = history::prune(pool, id, created_9, true).await.unwrap();
+    let dry = committed::prune(pool, id, created_9, true).await.unwrap();
     assert_eq!(
         (
             dry.deleted_rows,
@@ -646,7 +606,7 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
         total
     );
 
-    let report = history::prune(pool, id, created_9, false).await.unwrap();
+    let report = committed::prune(pool, id, created_9, false).await.unwrap();
     assert_eq!(report.floor_snapshot, Some(s7.snapshot_id));
     assert_eq!(
         (report.deleted_rows, report.kept_rows_before),
@@ -666,7 +626,7 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
     // Reachable: the floor and later (by every plan), and version 4 through its own snapshot.
     for version in [4, 7, 8, 9, 10] {
         for plan in PLANS {
-            let read = reconstruct::parameters_at_with(pool, id, At::Version(version), plan)
+            let read = committed::parameters_at_with(pool, id, At::Version(version), plan)
                 .await
                 .unwrap();
             assert_exact(
@@ -679,14 +639,14 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
     assert_exact(
         "v0",
         &pit_state(
-            &reconstruct::parameters_at(pool, id, At::Version(0))
+            &committed::parameters_at(pool, id, At::Version(0))
                 .await
                 .unwrap(),
         ),
         &recorded[&0].params,
     );
     for version in [1, 5, 6] {
-        match reconstruct::parameters_at(pool, id, At::Version(version)).await {
+        match committed::parameters_at(pool, id, At::Version(version)).await {
             Err(TimelineError::Unreachable {
                 pruned_through: 7,
                 snapshot_versions,
@@ -697,7 +657,7 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
             other => panic!("version {version}: {other:?}"),
         }
         assert!(matches!(
-            rollback::rollback(pool, id, &RollbackTarget::Version(version)).await,
+            committed::rollback(pool, id, &RollbackTarget::Version(version)).await,
             Err(TimelineError::Unreachable { .. })
         ));
     }
@@ -741,7 +701,7 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
     assert_eq!(broken, 0);
 
     // The floor snapshot cannot be deleted; the other one can (and its version goes with it).
-    match snapshots::delete(pool, id, "seven").await {
+    match committed::delete_snapshot(pool, id, "seven").await {
         Err(TimelineError::SnapshotInUse {
             snapshot_id,
             version: 7,
@@ -750,15 +710,15 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
         }
         other => panic!("{other:?}"),
     }
-    snapshots::delete(pool, id, &s4.snapshot_id.to_string())
+    committed::delete_snapshot(pool, id, &s4.snapshot_id.to_string())
         .await
         .unwrap();
     assert!(matches!(
-        reconstruct::parameters_at(pool, id, At::Version(4)).await,
+        committed::parameters_at(pool, id, At::Version(4)).await,
         Err(TimelineError::Unreachable { .. })
     ));
     // Pruning again to the same moment finds nothing more to delete.
-    let again = history::prune(pool, id, created_9, false).await.unwrap();
+    let again = committed::prune(pool, id, created_9, false).await.unwrap();
     assert_eq!((again.deleted_rows, again.pruned_through), (0, 7));
     assert!(
         again.notes[0].contains("already pruned"),
@@ -792,9 +752,8 @@ async fn recorded_time(pool: &PgPool, id: Uuid, version: i64) -> chrono::DateTim
 
 #[tokio::test]
 async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
-    let db = TestDb::new().await;
+    let (db, model) = TestDb::with_model("auto", ModelKind::Linear).await;
     let pool = &db.pool;
-    let model = create_model(pool, "auto", ModelKind::Linear, LearnerConfig::default()).await;
     let id = model.model_id;
     let policy = SnapshotPolicy {
         every_versions: Some(3),
@@ -816,17 +775,17 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
     ));
 
     let rows = sparse_stream(300, 3, 30, false, 5);
-    let mut recorded = BTreeMap::new();
+    let mut recorded: BTreeMap<i64, Recorded> = BTreeMap::new();
     insert_stream(pool, id, &rows[..200]).await;
     step_all(pool, id, 20, &mut recorded).await; // 1..=10: snapshots at 3, 6, 9, keeping 2
-    let list = snapshots::list(pool, id).await.unwrap();
+    let list = committed::list_snapshots(pool, id).await.unwrap();
     let versions: Vec<i64> = list.iter().map(|s| s.model_version).collect();
     assert_eq!(versions, vec![6, 9]);
     for s in &list {
         assert_eq!(s.kind, "auto");
         assert_eq!(s.label, None);
         let read =
-            reconstruct::parameters_at_with(pool, id, At::Version(s.model_version), ReadPlan::Forward)
+            committed::parameters_at_with(pool, id, At::Version(s.model_version), ReadPlan::Forward)
                 .await
                 .unwrap();
         assert_exact(
@@ -848,17 +807,17 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
         );
     }
     // A manual snapshot is never trimmed, and resets the count.
-    let manual = snapshots::create(pool, id, Some("mine")).await.unwrap();
+    let manual = committed::create_snapshot(pool, id, Some("mine")).await.unwrap();
     assert_eq!(manual.model_version, 10);
     // Nor is a labelled automatic one (the worker's guard takes those before an adaptation).
     let mut tx = pool.begin().await.unwrap();
-    snapshots::create_in_tx(
+    snapshots::copy(
         &mut tx,
         id,
         10,
         200,
         Some("auto-before-adaptation-v11"),
-        "auto",
+        SnapshotKind::Auto,
     )
     .await
     .unwrap();
@@ -867,11 +826,11 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
     rollback_to(pool, id, RollbackTarget::Version(5)).await;
     insert_stream(pool, id, &rows[200..260]).await;
     step_all(pool, id, 20, &mut recorded).await; // 12, 13 (snapshot), 14
-    let versions: Vec<(i64, String, bool)> = snapshots::list(pool, id)
+    let versions: Vec<(i64, String, bool)> = committed::list_snapshots(pool, id)
         .await
         .unwrap()
         .into_iter()
-        .map(|s| (s.model_version, s.kind, s.label.is_some()))
+        .map(|s| (s.model_version, s.kind.to_string(), s.label.is_some()))
         .collect();
     assert_eq!(
         versions,
@@ -892,7 +851,7 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
     snapshots::set_policy(pool, id, &policy).await.unwrap();
     insert_stream(pool, id, &rows[260..280]).await;
     step_all(pool, id, 20, &mut recorded).await; // 15: not due
-    assert_eq!(snapshots::list(pool, id).await.unwrap().len(), 4);
+    assert_eq!(committed::list_snapshots(pool, id).await.unwrap().len(), 4);
     sqlx::query(
         "UPDATE snapshots SET created_at = created_at - interval '31 minutes' WHERE model_id = $1",
     )
@@ -902,7 +861,7 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
     .unwrap();
     insert_stream(pool, id, &rows[280..]).await;
     step_all(pool, id, 10, &mut recorded).await; // 16 (due), 17 (not)
-    let versions: Vec<i64> = snapshots::list(pool, id)
+    let versions: Vec<i64> = committed::list_snapshots(pool, id)
         .await
         .unwrap()
         .iter()
@@ -927,16 +886,15 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
 
 #[tokio::test]
 async fn history_lists_newest_first_with_filters() {
-    let db = TestDb::new().await;
+    let (db, model) = TestDb::with_model("hist", ModelKind::Linear).await;
     let pool = &db.pool;
-    let model = create_model(pool, "hist", ModelKind::Linear, LearnerConfig::default()).await;
     let id = model.model_id;
     let rows = seed_stream();
     insert_stream(pool, id, &rows[..200]).await;
-    let mut recorded = BTreeMap::new();
+    let mut recorded: BTreeMap<i64, Recorded> = BTreeMap::new();
     step_all(pool, id, 50, &mut recorded).await; // 1..=4
     rollback_to(pool, id, RollbackTarget::Version(2)).await; // 5
-    let all = history::updates(pool, id, &HistoryFilter::default())
+    let all = committed::updates(pool, id, &HistoryFilter::default())
         .await
         .unwrap();
     let total: i64 =
@@ -954,7 +912,7 @@ async fn history_lists_newest_first_with_filters() {
     assert_eq!(all[0].update_type, "rollback");
     assert_eq!(all[0].metadata, Some(json!({"rolled_back_to": 2})));
 
-    let x0 = history::updates(
+    let x0 = committed::updates(
         pool,
         id,
         &HistoryFilter {
@@ -972,7 +930,7 @@ async fn history_lists_newest_first_with_filters() {
         .windows(2)
         .all(|w| w[0].old_value == Some(w[1].new_value)));
     assert_eq!(x0[4].old_value, None);
-    let limited = history::updates(
+    let limited = committed::updates(
         pool,
         id,
         &HistoryFilter {
@@ -985,7 +943,7 @@ async fn history_lists_newest_first_with_filters() {
     assert_eq!(limited, all[..3].to_vec());
     let t3 = recorded_time(pool, id, 3).await;
     let t5 = recorded_time(pool, id, 5).await;
-    let window = history::updates(
+    let window = committed::updates(
         pool,
         id,
         &HistoryFilter {
@@ -1026,14 +984,14 @@ async fn history_lists_newest_first_with_filters() {
             "parameter",
         ),
     ] {
-        let err = history::updates(pool, id, &filter).await.unwrap_err();
+        let err = committed::updates(pool, id, &filter).await.unwrap_err();
         assert!(
             matches!(&err, TimelineError::InvalidArgument(m) if m.contains(needle)),
             "{err}"
         );
     }
     assert!(matches!(
-        history::updates(pool, Uuid::new_v4(), &HistoryFilter::default()).await,
+        committed::updates(pool, Uuid::new_v4(), &HistoryFilter::default()).await,
         Err(TimelineError::Model(_))
     ));
 }
@@ -1058,7 +1016,7 @@ async fn http_snapshots_rollback_parameters_and_updates() {
         .await;
     assert!(status < 300, "{status} {body}");
     drain(&pool, 20).await; // versions 1..=3
-    let at_3 = stored(&pool, id).await;
+    let at_3 = Recorded::load(&pool, id).await;
 
     // Snapshots.
     let (status, snap) = app
@@ -1370,46 +1328,20 @@ fn urlencode(s: &str) -> String {
 
 #[tokio::test]
 async fn command_line_snapshot_rollback_params_history_and_prune() {
-    let db = TestDb::new().await;
+    let (db, model) = TestDb::with_model("cli-model", ModelKind::Linear).await;
     let pool = &db.pool;
-    let model = create_model(
-        pool,
-        "cli-model",
-        ModelKind::Linear,
-        LearnerConfig::default(),
-    )
-    .await;
     let id = model.model_id;
+    let cli = Cli::new(&db.url);
     insert_stream(pool, id, &seed_stream()[..120]).await;
     let mut recorded = BTreeMap::new();
     step_all(pool, id, 40, &mut recorded).await; // 1..=3
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "snapshot",
-            "create",
-            "--model",
-            "cli-model",
-            "--label",
-            "three",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli
+        .ok("snapshot create --model cli-model --label three")
+        .await;
     let snapshot_id: Uuid = out.lines().last().unwrap().parse().unwrap();
-    let (ok, out, _) = olps(
-        &db.url,
-        &[
-            "snapshot",
-            "list",
-            "--model",
-            &id.to_string(),
-            "--format",
-            "json",
-        ],
-    )
-    .await;
-    assert!(ok);
+    let out = cli
+        .ok(&format!("snapshot list --model {id} --format json"))
+        .await;
     let list: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         list[0]["snapshot_id"].as_str(),
@@ -1418,28 +1350,12 @@ async fn command_line_snapshot_rollback_params_history_and_prune() {
 
     insert_stream(pool, id, &seed_stream()[120..200]).await;
     step_all(pool, id, 40, &mut recorded).await; // 4, 5
-    let (ok, out, err) = olps(
-        &db.url,
-        &["rollback", "--model", "cli-model", "--to-version", "2"],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli.ok("rollback --model cli-model --to-version 2").await;
     assert_eq!(out.lines().last().unwrap(), "6");
     assert_model_equals(pool, id, &recorded[&2], "CLI rollback").await;
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "rollback",
-            "--model",
-            "cli-model",
-            "--snapshot",
-            "three",
-            "--format",
-            "json",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli
+        .ok("rollback --model cli-model --snapshot three --format json")
+        .await;
     let outcome: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(
         (
@@ -1448,29 +1364,16 @@ async fn command_line_snapshot_rollback_params_history_and_prune() {
         ),
         (Some(7), Some(3))
     );
-    let (ok, _, err) = olps(&db.url, &["rollback", "--model", "cli-model"]).await;
-    assert!(!ok && err.contains("--to-version"), "{err}");
-    let (ok, _, err) = olps(
-        &db.url,
-        &["rollback", "--model", "cli-model", "--to-version", "99"],
-    )
-    .await;
-    assert!(!ok && err.contains("does not exist"), "{err}");
+    let err = cli.fails("rollback --model cli-model").await;
+    assert!(err.contains("--to-version"), "{err}");
+    let err = cli
+        .fails("rollback --model cli-model --to-version 99")
+        .await;
+    assert!(err.contains("does not exist"), "{err}");
 
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "params",
-            "--model",
-            "cli-model",
-            "--version",
-            "4",
-            "--format",
-            "csv",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli
+        .ok("params --model cli-model --version 4 --format csv")
+        .await;
     let mut lines = out.lines();
     assert_eq!(
         lines.next().unwrap(),
@@ -1494,35 +1397,15 @@ async fn command_line_snapshot_rollback_params_history_and_prune() {
         })
         .collect();
     assert_exact("olps params --version 4", &got, &recorded[&4].params);
-    let (ok, out, _) = olps(
-        &db.url,
-        &["params", "--model", "cli-model", "--format", "json"],
-    )
-    .await;
-    assert!(ok);
+    let out = cli.ok("params --model cli-model --format json").await;
     let now: Value = serde_json::from_str(&out).unwrap();
     assert_eq!(now["version"].as_i64(), Some(7));
-    let (ok, _, err) = olps(
-        &db.url,
-        &["params", "--model", "cli-model", "--at", "not-a-time"],
-    )
-    .await;
-    assert!(!ok && err.contains("--at"), "{err}");
+    let err = cli.fails("params --model cli-model --at not-a-time").await;
+    assert!(err.contains("--at"), "{err}");
 
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "history",
-            "--model",
-            "cli-model",
-            "--parameter",
-            "x1",
-            "--format",
-            "json",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli
+        .ok("history --model cli-model --parameter x1 --format json")
+        .await;
     let rows: Value = serde_json::from_str(&out).unwrap();
     let versions: Vec<i64> = rows
         .as_array()
@@ -1531,93 +1414,37 @@ async fn command_line_snapshot_rollback_params_history_and_prune() {
         .map(|r| r["model_version"].as_i64().unwrap())
         .collect();
     assert_eq!(versions, vec![7, 6, 5, 4, 3, 2, 1]);
-    let (ok, out, _) = olps(
-        &db.url,
-        &["history", "--model", "cli-model", "--limit", "3"],
-    )
-    .await;
-    assert!(ok);
+    let out = cli.ok("history --model cli-model --limit 3").await;
     assert_eq!(out.lines().count(), 4, "{out}");
 
     let before = chrono::Utc::now().to_rfc3339();
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "history",
-            "prune",
-            "--model",
-            "cli-model",
-            "--before",
-            &before,
-            "--dry-run",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli
+        .ok(&format!(
+            "history prune --model cli-model --before {before} --dry-run"
+        ))
+        .await;
     assert!(
         out.contains("would delete") && out.contains("versions 1..=2 would no longer be reachable"),
         "{out}"
     );
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "history",
-            "prune",
-            "--model",
-            "cli-model",
-            "--before",
-            &before,
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let out = cli
+        .ok(&format!(
+            "history prune --model cli-model --before {before}"
+        ))
+        .await;
     assert!(out.contains("deleted"), "{out}");
-    let (ok, _, err) = olps(
-        &db.url,
-        &[
-            "snapshot",
-            "delete",
-            "--model",
-            "cli-model",
-            "--snapshot",
-            "three",
-        ],
-    )
-    .await;
-    assert!(!ok && err.contains("retained history starts"), "{err}");
-    let (ok, out, err) = olps(
-        &db.url,
-        &[
-            "snapshot",
-            "policy",
-            "--model",
-            "cli-model",
-            "--every-versions",
-            "10",
-        ],
-    )
-    .await;
-    assert!(ok, "{err}");
+    let err = cli
+        .fails("snapshot delete --model cli-model --snapshot three")
+        .await;
+    assert!(err.contains("retained history starts"), "{err}");
+    let out = cli
+        .ok("snapshot policy --model cli-model --every-versions 10")
+        .await;
     assert!(out.contains("every_versions 10"), "{out}");
 }
 
-/// Runs the `olps` binary (asynchronously: a blocking wait would stall this test's runtime, and
-/// with it the release of pooled connections).
-async fn olps(url: &str, args: &[&str]) -> (bool, String, String) {
-    let out = tokio::process::Command::new(env!("CARGO_BIN_EXE_olps"))
-        .args(args)
-        .env("DATABASE_URL", url)
-        .env("OLPS_LOG", "warn")
-        .output()
-        .await
-        .expect("run olps");
-    let stdout = String::from_utf8(out.stdout).unwrap();
-    let stderr = String::from_utf8(out.stderr).unwrap();
-    (out.status.success(), stdout, stderr)
-}
-
 /// Timings of snapshot, rollback and point-in-time reads on a synthetic model (not an assertion):
-/// `OLPS_TIME_TRAVEL_PARAMS=1000000 cargo test --release --test versions -- --ignored --nocapture`
+/// `OLPS_TIME_TRAVEL_PARAMS=1000000 cargo test --release --test it -- --ignored --nocapture versions::time_travel_timings`
 #[tokio::test]
 #[ignore]
 async fn time_travel_timings() {
@@ -1628,7 +1455,7 @@ async fn time_travel_timings() {
         .map(|s| s.trim().parse().unwrap())
         .collect();
     for n in sizes {
-        let t = history::measure_time_travel(&db.pool, n).await.unwrap();
+        let t = olps::bench::time_travel::measure_time_travel(&db.pool, n).await.unwrap();
         println!("{}", serde_json::to_string_pretty(&t).unwrap());
     }
 }

@@ -1,9 +1,8 @@
 //! The HTTP API of the foundation: models and feedback ingest, against a real PostgreSQL.
 
-mod common;
-
-use common::{counts, spawn_app};
 use serde_json::{json, Value};
+
+use crate::common::{counts, spawn_app};
 
 fn error_code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or("<no error.code>")

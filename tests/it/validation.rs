@@ -6,11 +6,10 @@
 //! field. Whatever HTTP accepts, the worker learns; predict refuses the feature sets feedback
 //! refuses.
 
-mod common;
 
 use std::time::Duration;
 
-use common::*;
+use crate::common::*;
 use serde_json::Value;
 use uuid::Uuid;
 

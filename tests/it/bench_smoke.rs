@@ -2,13 +2,13 @@
 //! scenario reports figures with baselines, the JSON and Markdown are written, and no bench model
 //! or row is left behind). Speed is not checked here: timing claims live in the benchmarks.
 
-mod common;
-
 use olps::bench::{self, BenchArgs, Scenario};
+
+use crate::common::{TestDb, OLPS, SEED_STREAM};
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn bench_all_tiny_applies_everything_and_cleans_up() {
-    let db = common::TestDb::new().await;
+    let db = TestDb::new().await;
     let dir = std::env::temp_dir().join(format!("olps-bench-smoke-{}", uuid::Uuid::new_v4()));
     std::fs::create_dir_all(&dir).unwrap();
 
@@ -24,7 +24,9 @@ async fn bench_all_tiny_applies_everything_and_cleans_up() {
     args.memory_events = Some(vec![300, 600]);
     args.snapshot_params = Some(vec![500]);
     args.quiet = true;
-    args.olps_bin = Some(env!("CARGO_BIN_EXE_olps").into());
+    args.olps_bin = Some(OLPS.into());
+    // The repository's copy of the reference stream, for `learn`.
+    args.data = Some(SEED_STREAM.into());
     args.json = Some(dir.join("bench.json"));
     args.markdown = Some(dir.join("BENCHMARKS.md"));
 

@@ -10,41 +10,10 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
-const SEED_STREAM: &str = concat!(
-    env!("CARGO_MANIFEST_DIR"),
-    "/../shared/data/seed_stream.csv"
-);
+use crate::common::{mean, seed_stream, state_bits, Row};
 
-/// (features, label)
-type Row = (Vec<(String, f64)>, f64);
 /// (features, label, weight)
 type WeightedRow = (Vec<(String, f64)>, f64, f64);
-
-/// (features, label) rows of the reference drift stream.
-fn seed_stream() -> Vec<Row> {
-    let text = std::fs::read_to_string(SEED_STREAM)
-        .unwrap_or_else(|e| panic!("cannot read {SEED_STREAM}: {e}"));
-    let mut lines = text.lines();
-    let header: Vec<&str> = lines.next().expect("header").split(',').collect();
-    assert_eq!(header, ["x0", "x1", "x2", "x3", "x4", "y"]);
-    let rows: Vec<_> = lines
-        .filter(|l| !l.trim().is_empty())
-        .map(|line| {
-            let values: Vec<f64> = line
-                .split(',')
-                .map(|v| v.trim().parse().expect("number"))
-                .collect();
-            let features = header[..5]
-                .iter()
-                .zip(&values[..5])
-                .map(|(n, v)| (n.to_string(), *v))
-                .collect();
-            (features, values[5])
-        })
-        .collect();
-    assert_eq!(rows.len(), 2000);
-    rows
-}
 
 fn example(features: &[(String, f64)], label: f64) -> Example {
     Example::new(features.to_vec(), label, 1.0).unwrap()
@@ -59,10 +28,6 @@ fn prequential(learner: &mut Learner, rows: &[Row]) -> Vec<f64> {
             step.loss
         })
         .collect()
-}
-
-fn mean(xs: &[f64]) -> f64 {
-    xs.iter().sum::<f64>() / xs.len() as f64
 }
 
 fn normal(rng: &mut StdRng) -> f64 {
@@ -270,17 +235,6 @@ fn sgd_invscaling_converges_on_stationary_data() {
     assert!(learner.current_learning_rate() < 0.05 / 7.0);
 }
 
-fn bits(s: &ParamState) -> [u64; 6] {
-    [
-        s.value.to_bits(),
-        s.m.to_bits(),
-        s.v.to_bits(),
-        s.count as u64,
-        s.mean.to_bits(),
-        s.m2.to_bits(),
-    ]
-}
-
 fn assert_bit_identical(a: &Learner, b: &Learner) {
     assert_eq!(a.examples_seen, b.examples_seen);
     assert_eq!(a.params.len(), b.params.len());
@@ -289,7 +243,11 @@ fn assert_bit_identical(a: &Learner, b: &Learner) {
             .params
             .get(name)
             .unwrap_or_else(|| panic!("{name} missing"));
-        assert_eq!(bits(sa), bits(sb), "parameter {name}: {sa:?} vs {sb:?}");
+        assert_eq!(
+            state_bits(sa),
+            state_bits(sb),
+            "parameter {name}: {sa:?} vs {sb:?}"
+        );
     }
 }
 
@@ -729,7 +687,7 @@ fn loss_function() {
 }
 
 /// Not a check: prints the figures behind the choice of defaults.
-/// `cargo test --test learner -- --ignored --nocapture report`
+/// `cargo test --test it -- --ignored --nocapture learner::report`
 #[test]
 #[ignore]
 fn report() {
@@ -782,7 +740,7 @@ fn report() {
 }
 
 /// Not a check: compares candidate defaults over harder scenarios.
-/// `cargo test --release --test learner -- --ignored --nocapture scenarios`
+/// `cargo test --release --test it -- --ignored --nocapture learner::scenarios`
 #[test]
 #[ignore]
 fn scenarios() {

@@ -1,72 +1,20 @@
 //! The embedded default database, against the real PostgreSQL binaries of the machine.
 //!
 //! Every test makes its own throwaway cluster under /tmp and stops and removes it at the end,
-//! also when an assertion fails (`TempBase`'s Drop).
+//! also when an assertion fails (`TempCluster`'s Drop).
 
 use std::fs;
 use std::net::TcpListener;
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
 
 use olps::embedded::{
     ensure_cluster, find_pg_bin_dir, no_database_help, stop_cluster, EmbeddedCluster, EmbeddedError,
 };
 
-/// A unique folder under /tmp holding a `.olps` base; stops the cluster and removes it all when
-/// dropped.
-struct TempBase {
-    root: PathBuf,
-    base: PathBuf,
-}
-
-impl TempBase {
-    fn new(name: &str) -> Self {
-        // Show olps' progress messages (creating/starting/stale files) in failing tests' output.
-        let _ = tracing_subscriber::fmt().with_test_writer().try_init();
-        static COUNTER: AtomicU32 = AtomicU32::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(UNIX_EPOCH)
-            .unwrap()
-            .subsec_nanos();
-        let root = std::env::temp_dir().join(format!(
-            "olps-embedded-{name}-{}-{}-{nanos}",
-            std::process::id(),
-            COUNTER.fetch_add(1, Ordering::Relaxed)
-        ));
-        fs::create_dir(&root).unwrap();
-        // The server may run as the `postgres` account, which must be able to pass through.
-        fs::set_permissions(&root, fs::Permissions::from_mode(0o755)).unwrap();
-        let base = root.join(".olps");
-        TempBase { root, base }
-    }
-}
-
-impl Drop for TempBase {
-    fn drop(&mut self) {
-        if let Err(e) = stop_cluster(&self.base) {
-            eprintln!("cleanup: {e}");
-            // Last resort, so no server outlives the test.
-            if let Some(bin) = find_pg_bin_dir() {
-                let _ = Command::new("runuser")
-                    .args(["-u", "postgres", "--"])
-                    .arg(bin.join("pg_ctl"))
-                    .args(["stop", "-m", "immediate", "-D"])
-                    .arg(self.base.join("data"))
-                    .status();
-            }
-        }
-        let _ = fs::remove_dir_all(&self.root);
-    }
-}
-
-fn running_as_root() -> bool {
-    fs::metadata("/proc/self")
-        .map(|m| m.uid() == 0)
-        .unwrap_or(false)
-}
+use crate::common::{running_as_root, TempCluster};
 
 /// `psql -Atc 'select 1'` over TCP; the trimmed output.
 fn psql_select_1(port: u16) -> String {
@@ -130,7 +78,7 @@ fn finds_the_installed_binaries() {
 
 #[test]
 fn creates_reuses_and_restarts_a_cluster() {
-    let tmp = TempBase::new("lifecycle");
+    let tmp = TempCluster::new("olps-embedded-lifecycle");
 
     // Fresh folder: initdb and start.
     let first = ensure(&tmp.base);
@@ -181,7 +129,7 @@ fn creates_reuses_and_restarts_a_cluster() {
 
 #[test]
 fn concurrent_starts_create_once() {
-    let tmp = TempBase::new("concurrent");
+    let tmp = TempCluster::new("olps-embedded-concurrent");
     let barrier = std::sync::Barrier::new(2);
     let results: Vec<Result<EmbeddedCluster, EmbeddedError>> = std::thread::scope(|s| {
         let handles: Vec<_> = (0..2)
@@ -214,7 +162,7 @@ fn concurrent_starts_create_once() {
 
 #[test]
 fn recovers_from_crashes_stale_pid_files_and_taken_ports() {
-    let tmp = TempBase::new("recovery");
+    let tmp = TempCluster::new("olps-embedded-recovery");
     let first = ensure(&tmp.base);
     let data_dir = first.data_dir.clone();
 
@@ -266,7 +214,7 @@ fn recovers_from_crashes_stale_pid_files_and_taken_ports() {
 #[test]
 fn long_paths_fall_back_to_tcp_only() {
     // Unix socket paths are limited to ~107 bytes; a deep working directory must still work.
-    let mut tmp = TempBase::new("long");
+    let mut tmp = TempCluster::new("olps-embedded-long");
     let mut deep = tmp.root.clone();
     for part in ["d".repeat(60), "e".repeat(60)] {
         deep.push(part);
@@ -288,7 +236,7 @@ fn untraversable_parent_is_named_in_the_error() {
         eprintln!("skipped: only root runs the server as another account");
         return;
     }
-    let tmp = TempBase::new("locked");
+    let tmp = TempCluster::new("olps-embedded-locked");
     let locked = tmp.root.join("locked");
     fs::create_dir(&locked).unwrap();
     fs::set_permissions(&locked, fs::Permissions::from_mode(0o700)).unwrap();

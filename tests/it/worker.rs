@@ -1,14 +1,12 @@
 //! The learning worker against a real PostgreSQL: invariants 1, 2, 5 and 6, delayed labels, and
 //! that it actually learns.
 
-mod common;
-
 use std::time::Duration;
 
-use common::*;
 use olps::learner::{LearnerConfig, ModelKind, OptimizerKind};
 use rand::{Rng, SeedableRng};
-use tokio_util::sync::CancellationToken;
+
+use crate::common::*;
 
 const OPTIMIZERS: [(OptimizerKind, f64); 5] = [
     (OptimizerKind::Sgd, 0.02),
@@ -62,15 +60,8 @@ async fn stream_through_postgres_equals_learner_in_memory_for_every_optimizer() 
 
 #[tokio::test]
 async fn learns_seed_stream_and_separable_stream_with_defaults() {
-    let db = TestDb::new().await;
+    let (db, linear) = TestDb::with_model("seed", ModelKind::Linear).await;
     let rows = seed_stream();
-    let linear = create_model(
-        &db.pool,
-        "seed",
-        ModelKind::Linear,
-        LearnerConfig::default(),
-    )
-    .await;
     insert_stream(&db.pool, linear.model_id, &rows).await;
     drain(&db.pool, 100).await;
     // Prequential loss: each example's squared error before it was learned, summed per version.
@@ -127,14 +118,7 @@ async fn learns_seed_stream_and_separable_stream_with_defaults() {
 
 #[tokio::test]
 async fn poison_rows_are_dead_lettered_and_the_batch_is_applied() {
-    let db = TestDb::new().await;
-    let model = create_model(
-        &db.pool,
-        "clf",
-        ModelKind::Logistic,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, model) = TestDb::with_model("clf", ModelKind::Logistic).await;
     let id = model.model_id;
     let good = |i: i32| {
         format!(
@@ -238,14 +222,7 @@ async fn poison_rows_are_dead_lettered_and_the_batch_is_applied() {
 
 #[tokio::test]
 async fn delayed_labels_train_on_the_latest_logged_prediction() {
-    let db = TestDb::new().await;
-    let model = create_model(
-        &db.pool,
-        "delayed",
-        ModelKind::Logistic,
-        LearnerConfig::default(),
-    )
-    .await;
+    let (db, model) = TestDb::with_model("delayed", ModelKind::Logistic).await;
     let id = model.model_id;
     sqlx::query(
         "INSERT INTO prediction_log (model_id, entity_id, features, prediction, model_version) VALUES
@@ -308,21 +285,7 @@ async fn four_workers_over_three_models_keep_lines_and_match_a_single_worker() {
         models.push((model, rows));
     }
     let workers: Vec<_> = (0..4)
-        .map(|_| {
-            let pool = db.pool.clone();
-            tokio::spawn(async move {
-                let config = olps::worker::WorkerConfig {
-                    batch_size: 50,
-                    poll_interval: Duration::from_millis(10),
-                    until_empty: true,
-                    ..Default::default()
-                };
-                olps::worker::Worker::new(pool, config)
-                    .run(CancellationToken::new())
-                    .await
-                    .unwrap()
-            })
-        })
+        .map(|_| tokio::spawn(run_worker(db.pool.clone(), 50, Duration::from_millis(10))))
         .collect();
     let mut total = 0;
     let mut busy_workers = 0;
@@ -354,10 +317,9 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     insert_stream(&db.pool, model.model_id, &rows).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
     let spawn = |until_empty: bool| {
-        let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_olps"));
-        cmd.args(["worker", "--batch-size", "250", "--poll-interval-ms", "20"])
-            .env("DATABASE_URL", &db.url)
-            .env("OLPS_LOG", "warn")
+        let args = ["worker", "--batch-size", "250", "--poll-interval-ms", "20"];
+        let mut cmd = olps_command(None, Some(&db.url), &args);
+        cmd.env("OLPS_LOG", "warn")
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null());
         if until_empty {

@@ -1,0 +1,185 @@
+//! Every test gets a fresh, migrated database of its own on a real PostgreSQL, dropped
+//! afterwards. The server is, in order: DATABASE_URL; else a testcontainers PostgreSQL where
+//! Docker runs; else a cluster from the local PostgreSQL binaries (kept under the temp dir and
+//! reused). It is chosen once per test process: all the tests of the binary share it.
+
+use std::time::Duration;
+
+use olps::learner::{LearnerConfig, ModelKind};
+use olps::models::Model;
+use sqlx::{Connection, PgConnection, PgPool};
+use tokio::sync::OnceCell;
+use uuid::Uuid;
+
+static ADMIN_URL: OnceCell<String> = OnceCell::const_new();
+
+async fn admin_url() -> String {
+    ADMIN_URL
+        .get_or_init(|| async {
+            if let Ok(url) = std::env::var("DATABASE_URL") {
+                if !url.trim().is_empty() {
+                    return url;
+                }
+            }
+            if docker_available() {
+                return start_container().await;
+            }
+            let base = std::env::temp_dir().join("olps-test-cluster");
+            let cluster = tokio::task::spawn_blocking(move || {
+                olps::embedded::ensure_cluster(&base)
+            })
+            .await
+            .unwrap()
+            .expect("no DATABASE_URL, no Docker, and no local PostgreSQL cluster could be started");
+            cluster.url
+        })
+        .await
+        .clone()
+}
+
+fn docker_available() -> bool {
+    std::path::Path::new("/var/run/docker.sock").exists()
+        && std::process::Command::new("docker")
+            .arg("info")
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .map(|s| s.success())
+            .unwrap_or(false)
+}
+
+async fn start_container() -> String {
+    use testcontainers::runners::AsyncRunner;
+    use testcontainers_modules::postgres::Postgres;
+    let container = Postgres::default()
+        .start()
+        .await
+        .expect("start PostgreSQL container");
+    let port = container
+        .get_host_port_ipv4(5432)
+        .await
+        .expect("container port");
+    // The container lives as long as the test process (testcontainers' reaper removes it after).
+    Box::leak(Box::new(container));
+    format!("postgres://postgres:postgres@127.0.0.1:{port}/postgres")
+}
+
+fn with_database(url: &str, name: &str) -> String {
+    let mut parsed = url::Url::parse(url).expect("database URL");
+    parsed.set_path(&format!("/{name}"));
+    parsed.to_string()
+}
+
+/// A fresh, migrated database, dropped when this value is dropped.
+pub struct TestDb {
+    pub pool: PgPool,
+    pub url: String,
+    pub name: String,
+    admin: String,
+}
+
+impl TestDb {
+    pub async fn new() -> TestDb {
+        let db = TestDb::empty().await;
+        olps::schema::migrate(&db.url).await.expect("migrate");
+        db
+    }
+
+    /// A fresh database without the schema (for migration tests).
+    pub async fn empty() -> TestDb {
+        let admin = admin_url().await;
+        let name = format!("olps_test_{}", uuid::Uuid::new_v4().simple());
+        let mut conn = PgConnection::connect(&admin)
+            .await
+            .expect("connect to admin database");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .expect("create test database");
+        conn.close().await.ok();
+        let url = with_database(&admin, &name);
+        let pool = sqlx::postgres::PgPoolOptions::new()
+            .max_connections(10)
+            .acquire_timeout(Duration::from_secs(30))
+            .connect(&url)
+            .await
+            .expect("connect to test database");
+        TestDb {
+            pool,
+            url,
+            name,
+            admin,
+        }
+    }
+
+    /// A fresh database holding one model of `kind` with the default settings.
+    pub async fn with_model(name: &str, kind: ModelKind) -> (TestDb, Model) {
+        let db = TestDb::new().await;
+        let model = create_model(&db.pool, name, kind, LearnerConfig::default()).await;
+        (db, model)
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let admin = self.admin.clone();
+        let name = self.name.clone();
+        // The test's runtime may be blocked in this drop: use a thread with its own runtime, and let
+        // WITH (FORCE) end the pool's connections (closing the pool here would wait on that runtime).
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async move {
+                if let Ok(mut conn) = PgConnection::connect(&admin).await {
+                    let _ =
+                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
+                            .execute(&mut conn)
+                            .await;
+                }
+            });
+        })
+        .join();
+    }
+}
+
+pub async fn create_model(
+    pool: &PgPool,
+    name: &str,
+    kind: ModelKind,
+    settings: LearnerConfig,
+) -> Model {
+    olps::models::create(
+        pool,
+        &olps::models::NewModel {
+            name: name.into(),
+            kind,
+            settings,
+        },
+    )
+    .await
+    .unwrap()
+}
+
+/// The model's current version.
+pub async fn current_version(pool: &PgPool, id: Uuid) -> i64 {
+    sqlx::query_scalar("SELECT version FROM models WHERE model_id = $1")
+        .bind(id)
+        .fetch_one(pool)
+        .await
+        .unwrap()
+}
+
+/// Row counts of the tables that feedback ingest writes.
+pub async fn counts(pool: &PgPool) -> (i64, i64) {
+    let events: i64 = sqlx::query_scalar("SELECT count(*) FROM feedback_events")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    let queue: i64 = sqlx::query_scalar("SELECT count(*) FROM feedback_queue")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    (events, queue)
+}

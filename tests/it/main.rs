@@ -1,0 +1,26 @@
+//! The integration tests, linked as one test binary (`cargo test --test it`): one module per
+//! area, and the harness they share in `common`.
+//!
+//! Every test runs in this one process, next to the tests of every other module: none may
+//! change process-wide state that another could see (environment variables, the working
+//! directory, signal handlers). Two things are process-wide on purpose: the test PostgreSQL
+//! server, chosen once (`common::TestDb`), and olps' metrics registry, which the serving tests
+//! read by model name (keep model names of metrics assertions unique across modules) or as
+//! differences. The one tracing subscriber (`common::TempCluster`) shows olps::embedded only.
+
+mod common;
+
+mod api;
+mod bench_smoke;
+mod cli;
+mod demo;
+mod drift;
+mod embedded;
+mod learner;
+mod module_graph;
+mod schema;
+mod serving;
+mod sql;
+mod validation;
+mod versions;
+mod worker;
