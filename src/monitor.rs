@@ -7,7 +7,7 @@ use sqlx::{FromRow, PgExecutor};
 use uuid::Uuid;
 
 use crate::models::{self, ModelStatus};
-use crate::timeline::version;
+use crate::timeline::{snapshots, version};
 
 /// One `drift_events` row.
 #[derive(Debug, Clone, Serialize, PartialEq, FromRow)]
@@ -93,16 +93,7 @@ pub async fn check_guard(
     if examples < guard.window {
         return Ok(None);
     }
-    let snapshots: Vec<(Uuid, i64)> = sqlx::query_as(
-        "SELECT snapshot_id, model_version FROM snapshots
-         WHERE model_id = $1 AND model_version BETWEEN 1 AND $2 - 1
-         ORDER BY model_version DESC, created_at DESC LIMIT $3",
-    )
-    .bind(model_id)
-    .bind(version)
-    .bind(guard.snapshots)
-    .fetch_all(pool)
-    .await?;
+    let snapshots = snapshots::recent(pool, model_id, version, guard.snapshots).await?;
     let mut best: Option<(Uuid, i64, f64)> = None;
     for (snapshot_id, snapshot_version) in snapshots {
         if let Some((loss, n)) =

@@ -159,7 +159,10 @@ fn features_json(features: &[(String, f64)]) -> String {
 }
 
 /// Writes records with one statement.
-pub async fn write_batch(pool: &PgPool, records: &[LogRecord]) -> Result<(), sqlx::Error> {
+pub async fn write_batch(
+    db: impl sqlx::PgExecutor<'_>,
+    records: &[LogRecord],
+) -> Result<(), sqlx::Error> {
     if records.is_empty() {
         return Ok(());
     }
@@ -188,7 +191,7 @@ pub async fn write_batch(pool: &PgPool, records: &[LogRecord]) -> Result<(), sql
     .bind(&features)
     .bind(&prediction)
     .bind(&version)
-    .execute(pool)
+    .execute(db)
     .await?;
     Ok(())
 }

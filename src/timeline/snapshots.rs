@@ -174,6 +174,25 @@ pub async fn list(conn: &mut PgConnection, model_id: Uuid) -> Result<Vec<Snapsho
     .await?)
 }
 
+/// The newest `limit` snapshots of versions `1..below` (id and version), newest first.
+pub async fn recent(
+    db: impl PgExecutor<'_>,
+    model_id: Uuid,
+    below: i64,
+    limit: i64,
+) -> Result<Vec<(Uuid, i64)>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT snapshot_id, model_version FROM snapshots
+         WHERE model_id = $1 AND model_version BETWEEN 1 AND $2 - 1
+         ORDER BY model_version DESC, created_at DESC LIMIT $3",
+    )
+    .bind(model_id)
+    .bind(below)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
 /// The row lock [`find`] takes on the snapshot it returns.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Lock {
