@@ -81,7 +81,7 @@ pub fn router(state: AppState) -> Router {
     let (documented, _) = api().split_for_parts();
     documented
         // Plain axum routers: served but NOT in the OpenAPI document until converted to
-        // `OpenApiRouter` + `routes!` and merged into `api()` (tests/serving.rs fails on them).
+        // `OpenApiRouter` + `routes!` and merged into `api()` (tests/it/serving.rs fails on them).
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
         .layer(TimeoutLayer::with_status_code(

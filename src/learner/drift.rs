@@ -76,7 +76,7 @@ impl Default for DriftConfig {
     /// unscaled linear model (squared errors in the hundreds) it fires constantly (measured: 542
     /// alarms in 20,000 stationary examples, against 9 for ADWIN), so set `ph_lambda` for your
     /// loss before turning it on. On drift the learning rate is tripled and decays back with a
-    /// half-life of 200 examples, which re-learns an abrupt change faster (see tests/drift.rs).
+    /// half-life of 200 examples, which re-learns an abrupt change faster (see tests/it/drift.rs).
     fn default() -> Self {
         DriftConfig {
             detector: DetectorKind::Adwin,
