@@ -1,5 +1,5 @@
 //! Timings of the version line at a given model size: snapshot, point-in-time reads, rollback
-//! and roll-forward (`cargo test --release --test … time_travel_timings`, `olps bench snapshot`).
+//! and roll-forward (`olps bench snapshot`, and `OLPS_TIME_TRAVEL_PARAMS=… cargo test --release --test it -- --ignored time_travel_timings`).
 
 use serde::Serialize;
 use sqlx::PgPool;
