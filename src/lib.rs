@@ -1,6 +1,6 @@
 //! olps: an online-learning parameter store backed by PostgreSQL.
 //!
-//! The modules, from the bottom up (none imports a module above it; `tests/module_graph.rs`
+//! The modules, from the bottom up (none imports a module above it; `tests/it/module_graph.rs`
 //! fails on any import circle):
 //! - [`validation`]: the one set of limits for features, labels, weights and names (pure);
 //! - [`learner`]: the online learner and its drift detectors, pure (no I/O);

@@ -343,7 +343,7 @@ const MARKDOWN_INTRO: &str = "# Benchmarks
 `olps bench` measures olps on the machine it runs on, and puts every figure next to what
 PostgreSQL itself does on the same machine in the same run (a bare-SQL baseline), as a ratio:
 absolute times on a shared machine drift, ratios much less. The targets are goals for the code,
-not assertions in tests (tests/bench_smoke.rs only checks the harness, at a tiny size).
+not assertions in tests (tests/it/bench_smoke.rs only checks the harness, at a tiny size).
 
 ## Running
 

@@ -247,7 +247,7 @@ impl Default for LearnerConfig {
     ///   feature values of an example) < 2`, i.e. up to about 100 dense features per example
     ///   (sparse indicators count 1 each when present). With more, lower `learning_rate`, or use
     ///   `adam` (`learning_rate` 0.02 to 0.05), which cannot diverge.
-    /// * Measured (`tests/learner.rs`): on the reference drift stream, MSE 0.011 before the
+    /// * Measured (`tests/it/learner.rs`): on the reference drift stream, MSE 0.011 before the
     ///   drift and 0.011 over the last 500 rows (noise floor 0.01); prequential accuracy 98.4%
     ///   (99.2% on the second half) on an unscaled separable logistic stream.
     /// * The settings the default optimizer does not use have their usual values: Adam
