@@ -20,10 +20,10 @@ use utoipa_axum::routes;
 
 use super::openapi::ErrorBody;
 use super::{parse_json, ApiError, AppState};
+use crate::models;
 use crate::timeline::error::TimelineError;
 use crate::timeline::history::{self, HistoryFilter};
 use crate::timeline::reconstruct::{self, At, ParametersAt};
-use crate::models;
 use crate::timeline::rollback::{self, RollbackOutcome, RollbackTarget};
 use crate::timeline::snapshots::{self, Lock, Snapshot, SnapshotPolicy};
 
