@@ -207,7 +207,7 @@ pub struct UnreadableModel {
 #[derive(Debug, Clone, Serialize)]
 #[serde(untagged)]
 pub enum Listed {
-    Model(Model),
+    Model(Box<Model>),
     Unreadable(UnreadableModel),
 }
 
@@ -224,7 +224,7 @@ pub async fn list_all(db: impl PgExecutor<'_>) -> Result<Vec<Listed>, ModelError
             let (model_id, name, kind) = (row.model_id, row.name.clone(), row.kind.clone());
             let (version, examples_seen, status) = (row.version, row.examples_seen, row.status);
             match row.decode() {
-                Ok(model) => Listed::Model(model),
+                Ok(model) => Listed::Model(Box::new(model)),
                 Err(e) => Listed::Unreadable(UnreadableModel {
                     model_id,
                     name,
@@ -247,7 +247,7 @@ pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Model>, ModelError> {
         .await?
         .into_iter()
         .filter_map(|entry| match entry {
-            Listed::Model(model) => Some(model),
+            Listed::Model(model) => Some(*model),
             Listed::Unreadable(u) => {
                 tracing::warn!(model_id = %u.model_id, name = %u.name, error = %u.error,
                     "model left out of the list: its stored state is unreadable");

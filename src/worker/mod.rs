@@ -179,6 +179,7 @@ struct Isolation {
 }
 
 /// What a committed attempt did, for what follows the commit.
+#[allow(clippy::large_enum_variant)] // one per batch, moved once
 enum Committed {
     DeadOnly {
         dead: usize,
