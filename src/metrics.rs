@@ -16,7 +16,15 @@
 //!   `write_failed`), `prediction_log_pending` (rows waiting in the writer's buffer).
 //! - worker: `worker_batches_total{model}`, `worker_events_applied_total{model}`,
 //!   `worker_dead_letters_total{model}`, `worker_loss_sum_total{model}` (prequential loss
-//!   summed; divide its rate by the rate of events for a windowed mean).
+//!   summed; divide its rate by the rate of events for a windowed mean),
+//!   `worker_batch_failures_total{model,cause}` (attempts at a batch that failed and were rolled
+//!   back: `cause="database"` for an error the rows may cause, which makes the worker split the
+//!   batch, `"transient"` for a lost connection, a serialization failure and the like, retried
+//!   as they are), `worker_rows_set_aside_total{model}` (rows dead-lettered with the database's
+//!   message after splitting found them), `worker_models_unreadable_total{model}` (times a
+//!   model was set aside because its stored settings or state could not be read),
+//!   `worker_statistics_refreshes_total{table}` (ANALYZEs the worker ran on a table that had
+//!   grown).
 //! - at scrape time, from the database: `queue_depth{model}`,
 //!   `queue_oldest_pending_age_seconds{model}`, `queue_dead_letters{model}`,
 //!   `model_version{model}`, `model_prequential_loss{model}` (mean loss of the latest learned
@@ -65,6 +73,10 @@ pub struct Metrics {
     pub worker_batches: IntCounterVec,
     pub worker_events: IntCounterVec,
     pub worker_dead: IntCounterVec,
+    pub worker_failures: IntCounterVec,
+    pub worker_set_aside: IntCounterVec,
+    pub worker_unreadable: IntCounterVec,
+    pub worker_analyzed: IntCounterVec,
     pub worker_loss_sum: CounterVec,
 }
 
@@ -217,6 +229,33 @@ impl Metrics {
                 "Feedback events dead-lettered by this process's worker",
                 &["model"],
             ),
+            worker_failures: counter_vec(
+                &r,
+                "olps_worker_batch_failures_total",
+                "Attempts at a model batch that failed and were rolled back (cause: database, \
+                 transient)",
+                &["model", "cause"],
+            ),
+            worker_set_aside: counter_vec(
+                &r,
+                "olps_worker_rows_set_aside_total",
+                "Rows dead-lettered with the database's message after splitting a failing batch \
+                 found them",
+                &["model"],
+            ),
+            worker_unreadable: counter_vec(
+                &r,
+                "olps_worker_models_unreadable_total",
+                "Times the worker set a model aside because its stored settings or state could \
+                 not be read",
+                &["model"],
+            ),
+            worker_analyzed: counter_vec(
+                &r,
+                "olps_worker_statistics_refreshes_total",
+                "ANALYZEs the worker ran on a traffic table that had grown past its bound",
+                &["table"],
+            ),
             worker_loss_sum,
             registry: r,
         }
@@ -256,6 +295,32 @@ pub fn worker_dead(model: &str, dead: u64) {
             .with_label_values(&[model])
             .inc_by(dead);
     }
+}
+
+/// Records a failed (rolled back) attempt at a model batch.
+pub fn worker_failure(model: &str, transient: bool) {
+    let cause = if transient { "transient" } else { "database" };
+    global()
+        .worker_failures
+        .with_label_values(&[model, cause])
+        .inc();
+}
+
+/// Records rows set aside (dead-lettered) after splitting a failing batch found them.
+pub fn worker_set_aside(model: &str, rows: u64) {
+    let m = global();
+    m.worker_set_aside.with_label_values(&[model]).inc_by(rows);
+    m.worker_dead.with_label_values(&[model]).inc_by(rows);
+}
+
+/// Records that a model was set aside because its stored state is unreadable.
+pub fn worker_unreadable(model: &str) {
+    global().worker_unreadable.with_label_values(&[model]).inc();
+}
+
+/// Records an ANALYZE the worker ran.
+pub fn worker_analyzed(table: &str) {
+    global().worker_analyzed.with_label_values(&[table]).inc();
 }
 
 /// Gauges read from the database at scrape time, in a registry of their own.

@@ -19,8 +19,19 @@ pub enum ModelError {
     InvalidName(String),
     #[error("settings.{0}")]
     InvalidSettings(ConfigError),
-    #[error("stored settings of model {model_id} are unreadable: {message}")]
-    CorruptSettings { model_id: Uuid, message: String },
+    /// The model's stored settings, kind or learner state cannot be read (changed by hand, or
+    /// written by an older bug). Only this model's operations fail (HTTP 500
+    /// `model_state_unreadable`); listing and every other model keep working, and the worker
+    /// sets the model aside, keeping its feedback queued.
+    #[error(
+        "the stored state of model '{name}' ({model_id}) is unreadable: {message}; repair the row \
+         in `models` (README: \"An unreadable model\"); its feedback stays queued meanwhile"
+    )]
+    CorruptSettings {
+        model_id: Uuid,
+        name: String,
+        message: String,
+    },
     #[error(transparent)]
     Db(#[from] sqlx::Error),
 }
@@ -110,12 +121,21 @@ struct ModelRow {
 impl ModelRow {
     fn decode(self) -> Result<Model, ModelError> {
         let model_id = self.model_id;
-        let corrupt = |message: String| ModelError::CorruptSettings { model_id, message };
+        let name = self.name.clone();
+        let corrupt = |message: String| ModelError::CorruptSettings {
+            model_id,
+            name: name.clone(),
+            message,
+        };
         Ok(Model {
             model_id,
+            kind: self
+                .kind
+                .parse()
+                .map_err(|e| corrupt(format!("kind: {e}")))?,
+            settings: serde_json::from_value(self.settings)
+                .map_err(|e| corrupt(format!("settings: {e}")))?,
             name: self.name,
-            kind: self.kind.parse().map_err(|e| corrupt(format!("{e}")))?,
-            settings: serde_json::from_value(self.settings).map_err(|e| corrupt(e.to_string()))?,
             version: self.version,
             examples_seen: self.examples_seen,
             status: self.status,
@@ -168,12 +188,73 @@ pub async fn create(db: impl PgExecutor<'_>, new: &NewModel) -> Result<Model, Mo
     row.decode()
 }
 
-pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Model>, ModelError> {
+/// A model whose stored settings, kind or learner state cannot be read: what can be shown of it.
+#[derive(Debug, Clone, Serialize)]
+pub struct UnreadableModel {
+    pub model_id: Uuid,
+    pub name: String,
+    pub kind: String,
+    pub version: i64,
+    pub examples_seen: i64,
+    pub status: ModelStatus,
+    /// Always true: tells this entry apart from a model in JSON listings.
+    pub unreadable: bool,
+    /// What cannot be read, and how to repair it.
+    pub error: String,
+}
+
+/// One entry of [`list_all`].
+#[derive(Debug, Clone, Serialize)]
+#[serde(untagged)]
+pub enum Listed {
+    Model(Box<Model>),
+    Unreadable(UnreadableModel),
+}
+
+/// Every model by name, each decoded on its own: one whose stored state cannot be read is listed
+/// as [`Listed::Unreadable`] and does not stop the others.
+pub async fn list_all(db: impl PgExecutor<'_>) -> Result<Vec<Listed>, ModelError> {
     let rows: Vec<ModelRow> =
         sqlx::query_as(&format!("SELECT {COLUMNS} FROM models ORDER BY name"))
             .fetch_all(db)
             .await?;
-    rows.into_iter().map(ModelRow::decode).collect()
+    Ok(rows
+        .into_iter()
+        .map(|row| {
+            let (model_id, name, kind) = (row.model_id, row.name.clone(), row.kind.clone());
+            let (version, examples_seen, status) = (row.version, row.examples_seen, row.status);
+            match row.decode() {
+                Ok(model) => Listed::Model(Box::new(model)),
+                Err(e) => Listed::Unreadable(UnreadableModel {
+                    model_id,
+                    name,
+                    kind,
+                    version,
+                    examples_seen,
+                    status,
+                    unreadable: true,
+                    error: e.to_string(),
+                }),
+            }
+        })
+        .collect())
+}
+
+/// Every readable model, by name. A model whose stored state cannot be read is left out (with a
+/// warning in the log) rather than failing the whole list; [`list_all`] shows it.
+pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Model>, ModelError> {
+    Ok(list_all(db)
+        .await?
+        .into_iter()
+        .filter_map(|entry| match entry {
+            Listed::Model(model) => Some(*model),
+            Listed::Unreadable(u) => {
+                tracing::warn!(model_id = %u.model_id, name = %u.name, error = %u.error,
+                    "model left out of the list: its stored state is unreadable");
+                None
+            }
+        })
+        .collect())
 }
 
 /// Finds a model by UUID or by name.

@@ -364,7 +364,8 @@ async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
             println!("{}", model.model_id);
         }
         ModelCommand::List { format } => {
-            let models = models::list(&pool).await?;
+            // A model whose stored state is unreadable is listed as such; the others as usual.
+            let models = models::list_all(&pool).await?;
             match format {
                 Format::Json => println!("{}", serde_json::to_string_pretty(&models)?),
                 Format::Table => {
@@ -372,17 +373,26 @@ async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
                         "{:<36}  {:<24}  {:<8}  {:<8}  {:>8}  {:>10}  status",
                         "model_id", "name", "kind", "optim", "version", "examples"
                     );
-                    for m in models {
-                        println!(
-                            "{:<36}  {:<24}  {:<8}  {:<8}  {:>8}  {:>10}  {}",
-                            m.model_id,
-                            m.name,
-                            m.kind,
-                            m.settings.optimizer,
-                            m.version,
-                            m.examples_seen,
-                            m.status
-                        );
+                    for entry in models {
+                        match entry {
+                            models::Listed::Model(m) => println!(
+                                "{:<36}  {:<24}  {:<8}  {:<8}  {:>8}  {:>10}  {}",
+                                m.model_id,
+                                m.name,
+                                m.kind,
+                                m.settings.optimizer,
+                                m.version,
+                                m.examples_seen,
+                                m.status
+                            ),
+                            models::Listed::Unreadable(u) => {
+                                println!(
+                                    "{:<36}  {:<24}  {:<8}  {:<8}  {:>8}  {:>10}  unreadable",
+                                    u.model_id, u.name, u.kind, "?", u.version, u.examples_seen
+                                );
+                                eprintln!("olps: {}", u.error);
+                            }
+                        }
                     }
                 }
             }

@@ -60,7 +60,13 @@ impl From<ModelError> for ApiError {
             ModelError::InvalidName(_) | ModelError::InvalidSettings(_) => {
                 ApiError::bad_request(e.to_string())
             }
-            ModelError::CorruptSettings { .. } | ModelError::Db(_) => ApiError::internal(e),
+            // Not a client mistake, and only this model's routes answer it (documented).
+            ModelError::CorruptSettings { .. } => ApiError::new(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "model_state_unreadable",
+                e.to_string(),
+            ),
+            ModelError::Db(_) => ApiError::internal(e),
         }
     }
 }

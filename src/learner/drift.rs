@@ -14,10 +14,34 @@
 //!
 //! All state is plain data (serde), persisted with the model so a restarted or second worker
 //! continues the same detectors.
+//!
+//! ## Staying finite
+//! A loss can be as large as `f64::MAX` (a linear model and a label of 1e300), and the detectors
+//! sum and square losses: unbounded, their state would overflow to infinity, which JSON cannot
+//! hold (serde_json writes `null`, which then cannot be read back as a number). So each loss is
+//! clamped to [`LOSS_MAX`] before a detector sees it, which keeps every sum and square finite
+//! for any window a model can reach; [`DriftState::sanitized`] clamps stored state that comes
+//! from anywhere else.
 
 use serde::{Deserialize, Serialize};
 
 use super::error::ConfigError;
+
+/// The largest loss a drift detector takes in (larger ones count as this much): its square times
+/// any window size below 2^63 stays finite.
+pub const LOSS_MAX: f64 = 1e100;
+
+/// Bound of any stored detector sum (far beyond what [`LOSS_MAX`] lets them reach).
+const STATE_MAX: f64 = 1e300;
+
+/// `x` clamped to `[-bound, bound]`, NaN as 0.
+fn finite(x: f64, bound: f64) -> f64 {
+    if x.is_nan() {
+        0.0
+    } else {
+        x.clamp(-bound, bound)
+    }
+}
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -346,11 +370,13 @@ impl Default for DriftState {
 
 impl DriftState {
     /// Feeds one prequential loss to the configured detectors; returns a drift (the first
-    /// detector that fired) if any. Non-finite losses are ignored.
+    /// detector that fired) if any. NaN losses are ignored; losses above [`LOSS_MAX`] (and
+    /// infinite ones) count as `LOSS_MAX`.
     pub fn observe(&mut self, loss: f64, at_example: i64, cfg: &DriftConfig) -> Option<DriftEvent> {
-        if !loss.is_finite() {
+        if loss.is_nan() {
             return None;
         }
+        let loss = loss.clamp(-LOSS_MAX, LOSS_MAX);
         let mut event = None;
         if matches!(cfg.detector, DetectorKind::PageHinkley | DetectorKind::Both) {
             if let Some(statistic) = self.page_hinkley.observe(loss, cfg) {
@@ -377,6 +403,39 @@ impl DriftState {
             }
         }
         event
+    }
+
+    /// The state with every number finite (NaN as 0, infinities and anything beyond the bounds
+    /// clamped), so that it serializes to JSON that reads back. State the detectors built
+    /// themselves is already within the bounds and is returned unchanged, bit for bit.
+    pub fn sanitized(&self) -> DriftState {
+        let ph = &self.page_hinkley;
+        DriftState {
+            page_hinkley: PageHinkley {
+                n: ph.n,
+                mean: finite(ph.mean, STATE_MAX),
+                sum: finite(ph.sum, STATE_MAX),
+                min: finite(ph.min, STATE_MAX),
+            },
+            adwin: Adwin {
+                buckets: self
+                    .adwin
+                    .buckets
+                    .iter()
+                    .map(|b| Bucket {
+                        n: b.n,
+                        total: finite(b.total, STATE_MAX),
+                        m2: finite(b.m2, STATE_MAX).max(0.0),
+                    })
+                    .collect(),
+                ticks: self.adwin.ticks,
+            },
+            lr_multiplier: if self.lr_multiplier.is_finite() && self.lr_multiplier > 0.0 {
+                self.lr_multiplier
+            } else {
+                1.0
+            },
+        }
     }
 
     /// Decays the multiplier after an example.

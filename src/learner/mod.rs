@@ -278,10 +278,11 @@ impl Learner {
         self.current_learning_rate() * self.drift.lr_multiplier
     }
 
-    /// The model-level state to persist next to `examples_seen`.
+    /// The model-level state to persist next to `examples_seen`: every number in it finite
+    /// ([`drift::DriftState::sanitized`]), so its JSON always reads back.
     pub fn model_state(&self) -> ModelState {
         ModelState {
-            drift: self.drift.clone(),
+            drift: self.drift.sanitized(),
         }
     }
 

@@ -14,6 +14,23 @@ use crate::models::ModelError;
 
 pub const MAX_LABEL_LEN: usize = 200;
 
+/// Labels olps writes itself start with this prefix, and no one else may create one (checked
+/// here and by the `snapshots_system_label` constraint), so the system's labels never collide
+/// with a user's. Compared case-insensitively.
+pub const SYSTEM_LABEL_PREFIX: &str = "olps:";
+
+/// The label of the snapshot the worker takes before a drift adaptation applied at `version`.
+pub fn before_adaptation_label(version: i64) -> String {
+    format!("{SYSTEM_LABEL_PREFIX}before-adaptation-v{version}")
+}
+
+/// Whether a label is in the namespace olps reserves for itself ([`SYSTEM_LABEL_PREFIX`]).
+pub fn is_system_label(label: &str) -> bool {
+    label
+        .get(..SYSTEM_LABEL_PREFIX.len())
+        .is_some_and(|head| head.eq_ignore_ascii_case(SYSTEM_LABEL_PREFIX))
+}
+
 /// Who took a snapshot: a person or script (`manual`), or olps itself (`auto`: the policy, or
 /// the worker before a drift adaptation).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, sqlx::Type)]
@@ -62,7 +79,7 @@ const COLUMNS: &str =
     "snapshot_id, model_id, model_version, label, kind, parameter_count, examples_seen, created_at";
 
 /// A label: 1..=200 characters, no control characters, not a UUID (snapshots are addressed by
-/// UUID or label).
+/// UUID or label), not starting with `olps:` (reserved for the labels olps writes itself).
 pub fn validate_label(label: &str) -> Result<(), TimelineError> {
     let invalid = |m: &str| Err(TimelineError::InvalidArgument(format!("label: {m}")));
     if label.trim().is_empty() {
@@ -76,6 +93,12 @@ pub fn validate_label(label: &str) -> Result<(), TimelineError> {
     }
     if Uuid::parse_str(label).is_ok() {
         return invalid("must not be a UUID (snapshots are addressed by UUID or label)");
+    }
+    if is_system_label(label) {
+        return invalid(&format!(
+            "labels starting with '{SYSTEM_LABEL_PREFIX}' are reserved for the snapshots olps \
+             takes itself; choose another label"
+        ));
     }
     Ok(())
 }

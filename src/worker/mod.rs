@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
 use sqlx::postgres::PgListener;
-use sqlx::PgPool;
+use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
@@ -34,6 +34,62 @@ pub enum WorkerError {
     History(#[from] crate::timeline::error::TimelineError),
 }
 
+impl WorkerError {
+    /// The database error underneath, if any.
+    fn database(&self) -> Option<&sqlx::Error> {
+        use crate::timeline::error::TimelineError;
+        match self {
+            WorkerError::Db(e)
+            | WorkerError::Model(ModelError::Db(e))
+            | WorkerError::History(TimelineError::Db(e))
+            | WorkerError::History(TimelineError::Model(ModelError::Db(e))) => Some(e),
+            _ => None,
+        }
+    }
+
+    /// Whether the failure says nothing about the rows of the batch, so that retrying the same
+    /// rows is right: the connection or the server (an I/O error, a lost connection, SQLSTATE
+    /// classes 08, 53, 57 but `query_canceled`, 58), a transaction that lost a race (class 40:
+    /// serialization failure, deadlock) or a lock wait that timed out (55P03). Any other
+    /// database error may come from the rows, and the worker splits the batch to find them.
+    pub fn is_transient(&self) -> bool {
+        match self.database() {
+            Some(sqlx::Error::Database(d)) => match d.code() {
+                Some(code) => {
+                    let class = &code[..code.len().min(2)];
+                    matches!(class, "08" | "40" | "53" | "58")
+                        || (class == "57" && code != "57014")
+                        || code == "55P03"
+                }
+                None => true,
+            },
+            // Not an error PostgreSQL reported about a statement: the connection, the pool, the
+            // protocol (including a version line that moved under the lock), TLS.
+            Some(_) => true,
+            None => false,
+        }
+    }
+
+    /// The message for a dead letter: the database's own words and SQLSTATE.
+    fn reason(&self) -> String {
+        match self.database() {
+            Some(sqlx::Error::Database(d)) => {
+                let mut text = d.message().to_string();
+                if let Some(pg) = d.try_downcast_ref::<sqlx::postgres::PgDatabaseError>() {
+                    if let Some(detail) = pg.detail() {
+                        text.push_str(&format!(" ({detail})"));
+                    }
+                }
+                match d.code() {
+                    Some(code) => format!("{text} [SQLSTATE {code}]"),
+                    None => text,
+                }
+            }
+            _ => self.to_string(),
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// Only these models (empty: all).
@@ -46,6 +102,12 @@ pub struct WorkerConfig {
     pub until_empty: bool,
     /// Recorded as `parameter_updates.source`.
     pub source: String,
+    /// How often (at most) to check whether a traffic table has outgrown its planner statistics
+    /// ([`queue::refresh_statistics`]); None: never.
+    pub statistics_check: Option<Duration>,
+    /// How long a model whose stored state cannot be read is left alone before the worker looks
+    /// at it again.
+    pub unreadable_retry: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -56,6 +118,8 @@ impl Default for WorkerConfig {
             poll_interval: Duration::from_millis(250),
             until_empty: false,
             source: "feedback".into(),
+            statistics_check: Some(Duration::from_secs(1)),
+            unreadable_retry: Duration::from_secs(30),
         }
     }
 }
@@ -70,11 +134,13 @@ pub enum BatchOutcome {
         dead: usize,
         parameters_changed: usize,
     },
-    /// Only unusable rows were claimed: set aside, no new version.
+    /// Only rows that cannot be learned were claimed (or one row that the database refused,
+    /// found by splitting a failing batch): set aside, no new version.
     DeadOnly { dead: usize },
     /// Nothing pending for the model.
     Empty,
-    /// Another transaction holds the model, or it is not active: try another model.
+    /// Another transaction holds the model, or it is not active, or its stored state is
+    /// unreadable (set aside for a while): try another model.
     Skipped,
 }
 
@@ -84,6 +150,8 @@ pub struct WorkerStats {
     pub batches: u64,
     pub examples: u64,
     pub dead: u64,
+    /// Attempts at a batch that failed and were rolled back (then split, or retried).
+    pub failures: u64,
 }
 
 /// A model's learner as of a committed version, reused while the database is still at it.
@@ -92,10 +160,48 @@ struct Cached {
     learner: Learner,
 }
 
+/// A model whose last batch failed for a reason that may lie in its rows: its next claims are
+/// smaller, halving at each failure, until the failing rows are found (bisection).
+///
+/// The first `window` pending rows contain a row that failed (they were the failing claim).
+/// Each claim takes at most `limit` rows. A failing claim of n > 1 rows becomes the window,
+/// and the limit halves; an applied claim consumes its rows from the window; a failing claim of
+/// one row is that row: it is dead-lettered with the database's message, and the model goes
+/// back to full batches. So a model with one bad row among n makes at most about log2(n)
+/// failed attempts before it is set aside, every other row is applied once, in queue order, one
+/// version per applied claim, and no model retries the same failing batch forever.
+#[derive(Debug, Clone, Copy)]
+struct Isolation {
+    window: usize,
+    limit: i64,
+    /// Failed attempts in a row (for the log).
+    failures: u32,
+}
+
+/// What a committed attempt did, for what follows the commit.
+#[allow(clippy::large_enum_variant)] // one per batch, moved once
+enum Committed {
+    DeadOnly {
+        dead: usize,
+    },
+    Version {
+        cached: Cached,
+        examples: usize,
+        dead: usize,
+        parameters_changed: usize,
+        loss_sum: f64,
+        drift_events: Vec<crate::learner::drift::DriftEvent>,
+    },
+}
+
 pub struct Worker {
     pool: PgPool,
     config: WorkerConfig,
     cache: HashMap<Uuid, Cached>,
+    isolation: HashMap<Uuid, Isolation>,
+    /// Models whose stored state is unreadable, and when to look at them again.
+    unreadable: HashMap<Uuid, Instant>,
+    statistics_checked: Option<Instant>,
 }
 
 impl Worker {
@@ -104,43 +210,181 @@ impl Worker {
             pool,
             config,
             cache: HashMap::new(),
+            isolation: HashMap::new(),
+            unreadable: HashMap::new(),
+            statistics_checked: None,
         }
     }
 
+    /// The rows the next claim of a model takes.
+    fn claim_limit(&self, model_id: Uuid) -> i64 {
+        self.isolation
+            .get(&model_id)
+            .map_or(self.config.batch_size, |i| i.limit)
+    }
+
+    /// Whether some model is being split after a failure (its next attempt should not wait).
+    fn splitting(&self) -> bool {
+        self.isolation.values().any(|i| i.window > 0)
+    }
+
+    /// Models set aside because their stored state is unreadable, dropping those due again.
+    fn unreadable_models(&mut self) -> Vec<Uuid> {
+        let now = Instant::now();
+        self.unreadable.retain(|_, until| *until > now);
+        self.unreadable.keys().copied().collect()
+    }
+
     /// One batch of one model, in one transaction.
+    ///
+    /// An error means the attempt failed and was rolled back as a whole (nothing of it is
+    /// stored). The worker then remembers the failure: when the database refused something
+    /// the rows may cause, the model's next claims are smaller, down to the one row that fails,
+    /// which the next call dead-letters with the database's message (see [`Isolation`]); a
+    /// transient failure (connection, serialization) is retried as it is.
     pub async fn run_batch(&mut self, model_id: Uuid) -> Result<BatchOutcome, WorkerError> {
         let started = Instant::now();
+        let limit = self.claim_limit(model_id);
         let mut tx = self.pool.begin().await?;
         // Early returns end the transaction explicitly: a dropped one is rolled back only when
         // its pooled connection is next used, and would hold the model's lock until then.
-        let Some(model) = models::lock(&mut tx, model_id, true).await? else {
-            tx.rollback().await?;
-            return Ok(BatchOutcome::Skipped);
+        let model = match models::lock(&mut tx, model_id, true).await {
+            Ok(Some(model)) if model.status == ModelStatus::Active => model,
+            Ok(_) => {
+                tx.rollback().await?;
+                return Ok(BatchOutcome::Skipped);
+            }
+            Err(e) => {
+                let _ = tx.rollback().await;
+                if let ModelError::CorruptSettings { name, .. } = &e {
+                    // Only this model stops: its feedback stays queued, the others drain.
+                    tracing::error!(%model_id, error = %e, retry_in_s = self.config.unreadable_retry.as_secs_f64(),
+                        "model set aside: its stored state is unreadable");
+                    crate::metrics::worker_unreadable(name);
+                    self.unreadable
+                        .insert(model_id, Instant::now() + self.config.unreadable_retry);
+                    self.cache.remove(&model_id);
+                    return Ok(BatchOutcome::Skipped);
+                }
+                return Err(e.into());
+            }
         };
-        if model.status != ModelStatus::Active {
-            tx.rollback().await?;
-            return Ok(BatchOutcome::Skipped);
-        }
-        let rows = queue::claim(&mut tx, model_id, self.config.batch_size).await?;
-        if rows.is_empty() {
-            tx.rollback().await?;
-            return Ok(BatchOutcome::Empty);
-        }
+        self.unreadable.remove(&model_id);
+        let rows = match queue::claim(&mut tx, model_id, limit).await {
+            Ok(rows) if rows.is_empty() => {
+                tx.rollback().await?;
+                self.isolation.remove(&model_id);
+                return Ok(BatchOutcome::Empty);
+            }
+            Ok(rows) => rows,
+            Err(e) => {
+                let _ = tx.rollback().await;
+                return Err(e.into());
+            }
+        };
 
+        let attempt = match self.apply(&mut tx, &model, &rows).await {
+            Ok(done) => tx.commit().await.map(|()| done).map_err(WorkerError::from),
+            Err(e) => {
+                let _ = tx.rollback().await;
+                Err(e)
+            }
+        };
+        match attempt {
+            Ok(done) => {
+                self.applied(model_id, rows.len());
+                Ok(self.after_commit(&model, done, started).await)
+            }
+            Err(e) => {
+                // The cached learner moved past the database's version; it was taken out of the
+                // cache for this attempt and is dropped with it.
+                self.failed(&model, &rows, e).await
+            }
+        }
+    }
+
+    /// An applied (committed) claim of `rows` rows: it consumes them from the failure window.
+    fn applied(&mut self, model_id: Uuid, rows: usize) {
+        if let Some(iso) = self.isolation.get_mut(&model_id) {
+            iso.failures = 0;
+            iso.window = iso.window.saturating_sub(rows);
+            if iso.window == 0 {
+                self.isolation.remove(&model_id);
+            } else {
+                iso.limit = iso.limit.min(iso.window as i64);
+            }
+        }
+    }
+
+    /// A failed attempt at `rows`: split the batch, or set its one row aside, or (transient)
+    /// retry it as it is. Returns the attempt's error, or the dead letter of the one row.
+    async fn failed(
+        &mut self,
+        model: &models::Model,
+        rows: &[queue::ClaimedRow],
+        error: WorkerError,
+    ) -> Result<BatchOutcome, WorkerError> {
+        let model_id = model.model_id;
+        let transient = error.is_transient();
+        crate::metrics::worker_failure(&model.name, transient);
+        let batch_size = self.config.batch_size;
+        let iso = self.isolation.entry(model_id).or_insert(Isolation {
+            window: 0,
+            limit: batch_size,
+            failures: 0,
+        });
+        iso.failures += 1;
+        if transient {
+            tracing::warn!(%model_id, rows = rows.len(), attempt = iso.failures, error = %error,
+                "batch failed for a reason outside its rows; retrying it as it is");
+            return Err(error);
+        }
+        if rows.len() > 1 {
+            iso.window = rows.len();
+            iso.limit = rows.len().div_ceil(2) as i64;
+            tracing::warn!(%model_id, rows = rows.len(), attempt = iso.failures, next_claim = iso.limit,
+                error = %error, "batch failed in the database; splitting it to find the rows that fail");
+            return Err(error);
+        }
+        // One row that the database refuses on its own: set it aside with the database's words.
+        let row = &rows[0];
+        let reason = format!(
+            "the database refused this event when the worker applied it: {}; fix the cause, then \
+             requeue it (olps deadletters requeue)",
+            error.reason()
+        );
+        let mut tx = self.pool.begin().await?;
+        let dead = queue::dead_letter(&mut tx, model_id, &[(row.queue_id, reason.clone())]).await?;
+        tx.commit().await?;
+        self.isolation.remove(&model_id);
+        tracing::error!(%model_id, queue_id = %row.queue_id, feedback_id = %row.feedback_id,
+            reason = %reason, "row set aside: the database refused it (found by splitting its batch)");
+        crate::metrics::worker_set_aside(&model.name, dead);
+        Ok(BatchOutcome::DeadOnly {
+            dead: dead as usize,
+        })
+    }
+
+    /// Learns the claimed rows and writes the batch in the caller's transaction (which the
+    /// caller commits, or rolls back on an error).
+    async fn apply(
+        &mut self,
+        tx: &mut PgConnection,
+        model: &models::Model,
+        rows: &[queue::ClaimedRow],
+    ) -> Result<Committed, WorkerError> {
+        let model_id = model.model_id;
         let mut examples = Vec::with_capacity(rows.len());
         let mut dead = Vec::new();
-        for row in &rows {
+        for row in rows {
             match examples::example_from_row(row, model.kind) {
                 Ok(example) => examples.push((row.queue_id, example)),
                 Err(reason) => dead.push((row.queue_id, reason)),
             }
         }
-        queue::dead_letter(&mut tx, model_id, &dead).await?;
+        queue::dead_letter(&mut *tx, model_id, &dead).await?;
         if examples.is_empty() {
-            tx.commit().await?;
-            tracing::warn!(%model_id, dead = dead.len(), "dead-lettered a batch of unusable rows");
-            crate::metrics::worker_dead(&model.name, dead.len() as u64);
-            return Ok(BatchOutcome::DeadOnly { dead: dead.len() });
+            return Ok(Committed::DeadOnly { dead: dead.len() });
         }
 
         // The in-memory learner is trusted only at the version the database is at.
@@ -174,7 +418,7 @@ impl Worker {
         // Learn one example at a time, in queue order; remember each touched parameter's state
         // before the batch and the rate of its last step.
         let mut before: BTreeMap<String, (Option<ParamState>, f64)> = BTreeMap::new();
-        let (mut loss_sum, mut correct) = (0.0, 0i32);
+        let (mut loss_sum, mut correct) = (0.0f64, 0i32);
         for (_, example) in &examples {
             for name in Learner::touched_parameters(example) {
                 if !before.contains_key(name) {
@@ -183,7 +427,8 @@ impl Worker {
                 }
             }
             let step = cached.learner.learn(example);
-            loss_sum += step.loss;
+            // Saturated: a batch of huge losses stays a finite number in model_versions.
+            loss_sum = (loss_sum + step.loss).min(f64::MAX);
             if (step.prediction >= 0.5) == (example.label >= 0.5) {
                 correct += 1;
             }
@@ -233,9 +478,10 @@ impl Worker {
         {
             // The state before the adaptation, as a rollback target for the guard. It is taken
             // before this batch's changes are written, so it is exactly the previous version.
-            let label = format!("auto-before-adaptation-v{version}");
+            // In the system's own label namespace: a user cannot have taken the label.
+            let label = snapshots::before_adaptation_label(version);
             snapshots::copy(
-                &mut tx,
+                &mut *tx,
                 model_id,
                 model.version,
                 model.examples_seen,
@@ -245,7 +491,7 @@ impl Worker {
             .await?;
         }
         params::write_changes(
-            &mut tx,
+            &mut *tx,
             model_id,
             version,
             UpdateType::Gradient,
@@ -254,7 +500,7 @@ impl Worker {
         )
         .await?;
         let applied: Vec<Uuid> = examples.iter().map(|(id, _)| *id).collect();
-        queue::acknowledge(&mut tx, model_id, version, &applied).await?;
+        queue::acknowledge(&mut *tx, model_id, version, &applied).await?;
         let record = VersionRecord {
             kind: UpdateType::Gradient,
             examples: examples.len() as i32,
@@ -269,31 +515,68 @@ impl Worker {
                 serde_json::to_value(cached.learner.model_state()).expect("state serializes"),
             ),
         };
-        drift::record_events(&mut tx, model_id, version, &drift_events).await?;
+        drift::record_events(&mut *tx, model_id, version, &drift_events).await?;
         version::commit_version(
-            &mut tx,
+            &mut *tx,
             model_id,
             version,
             cached.learner.examples_seen,
             &record,
         )
         .await?;
-        snapshots::maybe_auto_snapshot(&mut tx, model_id, version).await?;
-        tx.commit().await?;
-        crate::metrics::worker_batch(&model.name, examples.len(), dead.len(), loss_sum);
-
+        snapshots::maybe_auto_snapshot(&mut *tx, model_id, version).await?;
         cached.version = version;
+        Ok(Committed::Version {
+            cached,
+            examples: examples.len(),
+            dead: dead.len(),
+            parameters_changed: changes.len(),
+            loss_sum,
+            drift_events,
+        })
+    }
+
+    /// What follows a committed batch: metrics, the cache, the guard, the log.
+    async fn after_commit(
+        &mut self,
+        model: &models::Model,
+        done: Committed,
+        started: Instant,
+    ) -> BatchOutcome {
+        let model_id = model.model_id;
+        let Committed::Version {
+            cached,
+            examples,
+            dead,
+            parameters_changed,
+            loss_sum,
+            drift_events,
+        } = done
+        else {
+            let Committed::DeadOnly { dead } = done else {
+                unreachable!()
+            };
+            tracing::warn!(%model_id, dead, "dead-lettered a batch of unusable rows");
+            crate::metrics::worker_dead(&model.name, dead as u64);
+            return BatchOutcome::DeadOnly { dead };
+        };
+        let version = cached.version;
+        crate::metrics::worker_batch(&model.name, examples, dead, loss_sum);
         self.cache.insert(model_id, cached);
         if model.settings.guard.enabled {
-            self.guard(model_id, version, &model.settings.guard).await?;
+            // The batch is committed whatever the guard does; a failed check is tried again
+            // after the next batch.
+            if let Err(e) = self.guard(model_id, version, &model.settings.guard).await {
+                tracing::error!(%model_id, version, error = %e, "guard check failed");
+            }
         }
         tracing::info!(
             %model_id,
             version,
-            examples = examples.len(),
-            dead = dead.len(),
-            parameters_changed = changes.len(),
-            mean_loss = loss_sum / examples.len() as f64,
+            examples,
+            dead,
+            parameters_changed,
+            mean_loss = loss_sum / examples as f64,
             ms = started.elapsed().as_secs_f64() * 1e3,
             drifts = drift_events.len(),
             "applied batch"
@@ -303,12 +586,12 @@ impl Worker {
                 threshold = event.threshold, at_example = event.at_example,
                 adaptation = ?event.adaptation, "concept drift detected");
         }
-        Ok(BatchOutcome::Applied {
+        BatchOutcome::Applied {
             version,
-            examples: examples.len(),
-            dead: dead.len(),
-            parameters_changed: changes.len(),
-        })
+            examples,
+            dead,
+            parameters_changed,
+        }
     }
 
     /// The guard against bad learning, after a committed batch: when the windowed loss has
@@ -345,25 +628,63 @@ impl Worker {
         Ok(())
     }
 
-    /// One pass over the models with work: a batch each. Returns what was done.
+    /// One pass over the models with work: a batch each. Returns what was done. A model whose
+    /// batch fails does not stop the pass: the others get their batch.
     pub async fn run_pass(&mut self) -> Result<WorkerStats, WorkerError> {
+        self.maybe_refresh_statistics().await;
         let mut stats = WorkerStats {
             dead: queue::dead_letter_unknown_models(&self.pool).await?,
             ..WorkerStats::default()
         };
         crate::metrics::worker_dead("unknown model", stats.dead);
+        let unreadable = self.unreadable_models();
         for model_id in queue::models_with_work(&self.pool, &self.config.models).await? {
-            match self.run_batch(model_id).await? {
-                BatchOutcome::Applied { examples, dead, .. } => {
+            if unreadable.contains(&model_id) {
+                continue;
+            }
+            match self.run_batch(model_id).await {
+                Ok(BatchOutcome::Applied { examples, dead, .. }) => {
                     stats.batches += 1;
                     stats.examples += examples as u64;
                     stats.dead += dead as u64;
                 }
-                BatchOutcome::DeadOnly { dead } => stats.dead += dead as u64,
-                BatchOutcome::Empty | BatchOutcome::Skipped => {}
+                Ok(BatchOutcome::DeadOnly { dead }) => stats.dead += dead as u64,
+                Ok(BatchOutcome::Empty | BatchOutcome::Skipped) => {}
+                Err(e) => {
+                    // Logged with what happens next where it failed; nothing of it is stored.
+                    tracing::debug!(%model_id, error = %e, "batch attempt failed");
+                    stats.failures += 1;
+                }
             }
         }
         Ok(stats)
+    }
+
+    /// At most once per `statistics_check`: ANALYZE the traffic tables that have outgrown their
+    /// planner statistics ([`queue::refresh_statistics`]). A failure is logged, not fatal.
+    async fn maybe_refresh_statistics(&mut self) {
+        let Some(every) = self.config.statistics_check else {
+            return;
+        };
+        if self
+            .statistics_checked
+            .is_some_and(|at| at.elapsed() < every)
+        {
+            return;
+        }
+        self.statistics_checked = Some(Instant::now());
+        let started = Instant::now();
+        match queue::refresh_statistics(&self.pool).await {
+            Ok(tables) if tables.is_empty() => {}
+            Ok(tables) => {
+                for table in &tables {
+                    crate::metrics::worker_analyzed(table);
+                }
+                tracing::info!(tables = ?tables, ms = started.elapsed().as_secs_f64() * 1e3,
+                    "refreshed planner statistics of tables that had grown");
+            }
+            Err(e) => tracing::warn!(error = %e, "could not refresh planner statistics"),
+        }
     }
 
     /// Runs until `shutdown` is cancelled (or, with `until_empty`, until no work is left). A
@@ -390,8 +711,9 @@ impl Worker {
             let pass = match self.run_pass().await {
                 Ok(pass) => pass,
                 Err(e) => {
-                    // A failed batch was rolled back as a whole; drop cached state and retry.
-                    tracing::error!(error = %e, "batch failed; retrying after the poll interval");
+                    // Finding work failed (the database is away, most likely): nothing was
+                    // half-done; drop cached state and try again after the poll interval.
+                    tracing::error!(error = %e, "worker pass failed; retrying after the poll interval");
                     self.cache.clear();
                     WorkerStats::default()
                 }
@@ -399,13 +721,16 @@ impl Worker {
             total.batches += pass.batches;
             total.examples += pass.examples;
             total.dead += pass.dead;
-            if pass.batches > 0 || pass.dead > 0 {
+            total.failures += pass.failures;
+            // A model being split after a failure tries its smaller claim at once.
+            if pass.batches > 0 || pass.dead > 0 || self.splitting() {
                 continue;
             }
-            if self.config.until_empty
-                && queue::pending_count(&self.pool, &self.config.models).await? == 0
-            {
-                break;
+            if self.config.until_empty {
+                let set_aside = self.unreadable_models();
+                if queue::pending_count(&self.pool, &self.config.models, &set_aside).await? == 0 {
+                    break;
+                }
             }
             // Idle: wait for a notification (a hint), the poll tick, or shutdown.
             let poll = tokio::time::sleep(self.config.poll_interval);

@@ -375,6 +375,18 @@ fn extreme_values_keep_every_state_finite() {
                     learning_rate: 1e100,
                     l2: 1e10,
                     epsilon: 1e-300,
+                    // Both drift detectors, with every kind of adaptation across the configs.
+                    drift: olps::learner::drift::DriftConfig {
+                        detector: olps::learner::drift::DetectorKind::Both,
+                        adaptation: if standardize {
+                            olps::learner::drift::Adaptation::Boost
+                        } else {
+                            olps::learner::drift::Adaptation::Reset
+                        },
+                        adwin_clock: 4,
+                        ph_min_instances: 3,
+                        ..Default::default()
+                    },
                     ..LearnerConfig::default()
                 };
                 config.validate().unwrap();
@@ -405,6 +417,17 @@ fn extreme_values_keep_every_state_finite() {
                                 assert!(x.is_finite(), "{kind} {optimizer} {name}: {s:?}");
                             }
                         }
+                        // The model-level state (drift detectors) is stored as JSON: it must
+                        // read back, equal (serde_json writes a non-finite number as null).
+                        let state = learner.model_state();
+                        let json = serde_json::to_string(&state).unwrap();
+                        let back: olps::learner::ModelState = serde_json::from_str(&json)
+                            .unwrap_or_else(|e| panic!("{kind} {optimizer}: {e}: {json}"));
+                        assert_eq!(back, state, "{kind} {optimizer}");
+                        assert_eq!(
+                            state.drift, learner.drift,
+                            "state built by the learner is kept as is"
+                        );
                     }
                 }
             }

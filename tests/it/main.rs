@@ -16,6 +16,7 @@ mod cli;
 mod demo;
 mod drift;
 mod embedded;
+mod isolation;
 mod learner;
 mod module_graph;
 mod schema;

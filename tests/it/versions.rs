@@ -832,7 +832,7 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
         id,
         10,
         200,
-        Some("auto-before-adaptation-v11"),
+        Some(&snapshots::before_adaptation_label(11)),
         SnapshotKind::Auto,
     )
     .await
