@@ -5,9 +5,9 @@ use clap::{Args, Subcommand, ValueEnum};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::models;
 use crate::timeline::history::{self, HistoryFilter, UpdateRow};
 use crate::timeline::reconstruct::{self, At, ParametersAt};
-use crate::models;
 use crate::timeline::rollback::{self, RollbackTarget};
 use crate::timeline::snapshots::{self, Snapshot, SnapshotPolicy};
 

@@ -14,10 +14,10 @@ use uuid::Uuid;
 
 use super::error::TimelineError;
 use super::reconstruct::{self, Base, Lookup, FULL_TARGET};
-use crate::models::{self, ModelError};
-use crate::params::UpdateType;
 use super::snapshots::{self, Lock};
 use super::version::{self, commit_version, VersionRecord};
+use crate::models::{self, ModelError};
+use crate::params::UpdateType;
 
 /// Recorded as `parameter_updates.source` and `model_versions.source`.
 pub const ROLLBACK_SOURCE: &str = "rollback";

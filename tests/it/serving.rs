@@ -1128,7 +1128,9 @@ async fn deleted_models_stop_being_served_and_their_name_can_be_reused() {
     drain(&db.pool, 100).await;
     let service = Service::start(&db.pool, fast_checks()).await;
     assert_eq!(served_version(&service, "reused").await, 1);
-    committed::delete_model(&db.pool, old.model_id).await.unwrap();
+    committed::delete_model(&db.pool, old.model_id)
+        .await
+        .unwrap();
     eventually(10, "the deleted model to be dropped", || async {
         let (status, _) = service
             .post("/v1/models/reused/predict", &json!({"features": {}}))

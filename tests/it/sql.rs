@@ -5,9 +5,9 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
 use chrono::{DateTime, Utc};
+use olps::learner::{LearnerConfig, ModelKind, OptimizerKind, ParamState};
 use olps::timeline::history::HistoryFilter;
 use olps::timeline::reconstruct::At;
-use olps::learner::{LearnerConfig, ModelKind, OptimizerKind, ParamState};
 use olps::timeline::rollback::RollbackTarget;
 use uuid::Uuid;
 
@@ -483,6 +483,8 @@ async fn every_query_in_sql_returns_the_expected_rows() {
     .unwrap();
     assert_eq!(metadata, serde_json::json!({"note": "x, \"quoted\""}));
     // Reading through the library agrees with the SQL function at the current version.
-    let now = committed::parameters_at(pool, id, At::Current).await.unwrap();
+    let now = committed::parameters_at(pool, id, At::Current)
+        .await
+        .unwrap();
     assert_eq!(now.parameters.len(), recorded[&12].len());
 }
