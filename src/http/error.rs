@@ -62,10 +62,11 @@ impl ApiError {
 impl ApiError {
     /// Seconds a client should wait before retrying: set on every 503.
     pub fn retry_after(&self) -> Option<u64> {
-        (self.status == StatusCode::SERVICE_UNAVAILABLE).then(|| match self.code {
+        let seconds = match self.code {
             "database_unavailable" => 5,
             _ => 1,
-        })
+        };
+        (self.status == StatusCode::SERVICE_UNAVAILABLE).then_some(seconds)
     }
 }
 
