@@ -1,5 +1,12 @@
 //! Feedback ingest: validation of client events and their insert into `feedback_events`, one
-//! statement per batch. The row trigger enqueues each event in `feedback_queue`. The rules and
+//! statement per batch. The row trigger enqueues each event in `feedback_queue`.
+//!
+//! Idempotence: an event may carry its own `id` (a UUID). The insert skips events whose
+//! `(model_id, id)` is already stored (`ON CONFLICT DO NOTHING`; the enqueue trigger is an AFTER
+//! INSERT row trigger, so it fires only for rows actually inserted), so a client that retries a
+//! request after a timeout stores each event once; the answer counts new and already stored
+//! events. The first event stored under an id wins: a later one with the same id is not stored,
+//! whatever it holds. One request may not repeat an id (refused, naming both indexes). The rules and
 //! limits are those of [`crate::validation`] (README.md, "Limits"), which the worker applies to
 //! plain-SQL rows too.
 
@@ -45,6 +52,8 @@ impl From<Invalid> for InvalidFeedback {
 /// One validated event, ready to insert.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FeedbackEvent {
+    /// The client's id for the event (its idempotency key); None: the insert gives it one.
+    pub id: Option<Uuid>,
     pub entity_id: String,
     pub feedback_type: String,
     pub feedback_value: f64,
@@ -83,11 +92,13 @@ pub fn parse_request(body: &Value, kind: ModelKind) -> Result<Vec<FeedbackEvent>
                     ),
                 ));
             }
-            events
+            let events = events
                 .iter()
                 .enumerate()
                 .map(|(i, e)| parse_event(e, kind, &format!("events[{i}].")))
-                .collect()
+                .collect::<Result<Vec<_>, _>>()?;
+            refuse_repeated_ids(&events)?;
+            Ok(events)
         }
         Some(_) => Err(invalid("events".into(), "must be an array of events")),
         None => Ok(vec![parse_event(body, kind, "")?]),
@@ -112,7 +123,8 @@ pub fn parse_event(
             "must be a JSON object",
         ));
     };
-    const KNOWN: [&str; 7] = [
+    const KNOWN: [&str; 8] = [
+        "id",
         "entity_id",
         "feedback_type",
         "feedback_value",
@@ -127,6 +139,29 @@ pub fn parse_event(
             format!("unknown field; expected one of {}", KNOWN.join(", ")),
         ));
     }
+    let id = match event.get("id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(Uuid::parse_str(s).map_err(|_| {
+            invalid(
+                field("id"),
+                format!(
+                    "must be a UUID like 0b5f8a52-7c1e-4d3a-9f6e-2a1b3c4d5e6f (the event's own \
+                     id, so that a retry stores it once), got {}",
+                    Value::String(s.clone())
+                ),
+            )
+        })?),
+        Some(other) => {
+            return Err(Invalid::new(
+                field("id"),
+                Problem::WrongType {
+                    expected: "a UUID string",
+                    got: other.to_string(),
+                },
+            )
+            .into())
+        }
+    };
     let entity_id = checked_string(event, "entity_id", validation::check_entity_id, &field)?;
     let feedback_type = checked_string(
         event,
@@ -209,6 +244,7 @@ pub fn parse_event(
     };
 
     Ok(FeedbackEvent {
+        id,
         entity_id,
         feedback_type,
         feedback_value,
@@ -216,6 +252,25 @@ pub fn parse_event(
         metadata: Value::Object(metadata),
         timestamp,
     })
+}
+
+/// One request may not give two events the same id: the second would silently not be stored.
+fn refuse_repeated_ids(events: &[FeedbackEvent]) -> Result<(), InvalidFeedback> {
+    let mut seen = std::collections::HashMap::with_capacity(events.len());
+    for (i, event) in events.iter().enumerate() {
+        if let Some(id) = event.id {
+            if let Some(first) = seen.insert(id, i) {
+                return Err(invalid(
+                    format!("events[{i}].id"),
+                    format!(
+                        "repeats events[{first}].id ({id}): an id names one event; give each \
+                         event its own id"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
 }
 
 fn checked_string(
@@ -248,19 +303,52 @@ pub fn validate_features(features: &Value, path: &str) -> Result<(), InvalidFeed
     Ok(())
 }
 
+/// The answer to a feedback request.
 #[derive(Debug, Clone, Serialize)]
 pub struct Accepted {
+    /// Events of the request, all stored now (`new` + `already_stored`).
     pub accepted: usize,
+    /// Their ids, in request order.
     pub ids: Vec<Uuid>,
+    /// Events stored by this request (queued for the worker).
+    pub new: usize,
+    /// Events whose id was already stored for the model (an earlier try of the same request):
+    /// not stored again.
+    pub already_stored: usize,
 }
 
-/// Inserts validated events with one statement (the trigger enqueues them in order) and returns
-/// their ids in input order. Callers choose the transaction.
+/// What [`insert`] stored.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Stored {
+    /// Every event's id, in input order (the client's, or a new random one).
+    pub ids: Vec<Uuid>,
+    /// Events inserted by this statement; the others' ids were already stored for the model.
+    pub new: usize,
+}
+
+impl From<Stored> for Accepted {
+    fn from(stored: Stored) -> Accepted {
+        Accepted {
+            accepted: stored.ids.len(),
+            already_stored: stored.ids.len() - stored.new,
+            new: stored.new,
+            ids: stored.ids,
+        }
+    }
+}
+
+/// Inserts validated events with one statement (the trigger enqueues them in order), skipping
+/// those whose id is already stored for the model. Callers choose the transaction. Ids must not
+/// repeat within `events` (a repeat is skipped like a stored one).
 pub async fn insert(
     db: impl PgExecutor<'_>,
     model_id: Uuid,
     events: &[FeedbackEvent],
-) -> Result<Vec<Uuid>, sqlx::Error> {
+) -> Result<Stored, sqlx::Error> {
+    let ids: Vec<Uuid> = events
+        .iter()
+        .map(|e| e.id.unwrap_or_else(Uuid::new_v4))
+        .collect();
     let mut entity = Vec::with_capacity(events.len());
     let mut kind = Vec::with_capacity(events.len());
     let mut value = Vec::with_capacity(events.len());
@@ -275,16 +363,17 @@ pub async fn insert(
         metadata.push(e.metadata.to_string());
         timestamp.push(e.timestamp);
     }
-    sqlx::query_scalar(
+    let inserted = sqlx::query(
         "INSERT INTO feedback_events
-             (model_id, entity_id, feedback_type, feedback_value, confidence, metadata, timestamp)
-         SELECT $1, u.entity_id, u.feedback_type, u.feedback_value, u.confidence, u.metadata::jsonb,
-                coalesce(u.ts, now())
-         FROM unnest($2::text[], $3::text[], $4::float8[], $5::float8[], $6::text[],
+             (model_id, id, entity_id, feedback_type, feedback_value, confidence, metadata,
+              timestamp)
+         SELECT $1, u.id, u.entity_id, u.feedback_type, u.feedback_value, u.confidence,
+                u.metadata::jsonb, coalesce(u.ts, now())
+         FROM unnest($8::uuid[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::text[],
                      $7::timestamptz[]) WITH ORDINALITY
-              AS u(entity_id, feedback_type, feedback_value, confidence, metadata, ts, ord)
+              AS u(id, entity_id, feedback_type, feedback_value, confidence, metadata, ts, ord)
          ORDER BY u.ord
-         RETURNING id",
+         ON CONFLICT (model_id, id) DO NOTHING",
     )
     .bind(model_id)
     .bind(&entity)
@@ -293,6 +382,11 @@ pub async fn insert(
     .bind(&confidence)
     .bind(&metadata)
     .bind(&timestamp)
-    .fetch_all(db)
-    .await
+    .bind(&ids)
+    .execute(db)
+    .await?;
+    Ok(Stored {
+        ids,
+        new: inserted.rows_affected() as usize,
+    })
 }

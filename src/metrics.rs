@@ -6,7 +6,9 @@
 //!
 //! Names (all prefixed `olps_`):
 //! - `http_requests_total{method,route,status}`, `http_request_duration_seconds{method,route}`:
-//!   per matched route template (`route="unmatched"` for requests no route matched).
+//!   per matched route template (`route="unmatched"` for requests no route matched); `method`
+//!   is one of the standard methods (GET, HEAD, POST, PUT, DELETE, CONNECT, OPTIONS, TRACE,
+//!   PATCH) or `other`, so a client cannot add label values at will.
 //! - `predictions_total{model}`, `model_reloads_total{model,mode}`,
 //!   `model_reload_duration_seconds{mode}`, `serving_model_version{model}` (the version the
 //!   in-memory cache answers with), `serving_listener_reconnects_total`,
@@ -259,6 +261,23 @@ impl Metrics {
             worker_loss_sum,
             registry: r,
         }
+    }
+}
+
+/// The `method` label of the HTTP metrics: a standard method's name, else `other` (a client may
+/// send any token as a method; each would otherwise become a new time series).
+pub fn method_label(method: &axum::http::Method) -> &'static str {
+    match method.as_str() {
+        "GET" => "GET",
+        "HEAD" => "HEAD",
+        "POST" => "POST",
+        "PUT" => "PUT",
+        "DELETE" => "DELETE",
+        "CONNECT" => "CONNECT",
+        "OPTIONS" => "OPTIONS",
+        "TRACE" => "TRACE",
+        "PATCH" => "PATCH",
+        _ => "other",
     }
 }
 

@@ -229,12 +229,13 @@ async fn measure_on(
                     confidence: 1.0,
                     metadata: serde_json::from_str(&data::metadata_json(&e)).expect("JSON"),
                     timestamp: None,
+                    id: None,
                 }
             })
             .collect();
-        let ids = crate::feedback::insert(&producer, model, &events).await?;
+        let stored = crate::feedback::insert(&producer, model, &events).await?;
         let at = Instant::now();
-        for id in ids {
+        for id in stored.ids {
             committed.insert(id, at);
         }
         sent = due;

@@ -304,6 +304,7 @@ async fn unnest_parallel(
                         metadata: serde_json::from_str(&data::metadata_json(&e))
                             .expect("valid JSON"),
                         timestamp: None,
+                        id: None,
                     }
                 })
                 .collect()
@@ -326,8 +327,8 @@ async fn unnest_parallel(
                 let Some(events) = batches.get(j) else {
                     break;
                 };
-                let ids = crate::feedback::insert(&mut *conn, model, events).await?;
-                done.fetch_add(ids.len() as u64, Ordering::Relaxed);
+                let stored = crate::feedback::insert(&mut *conn, model, events).await?;
+                done.fetch_add(stored.ids.len() as u64, Ordering::Relaxed);
             }
             Ok(())
         }));

@@ -71,6 +71,24 @@ pub struct ServeArgs {
     /// Database connections in the service's pool.
     #[arg(long, env = "OLPS_POOL_SIZE", default_value_t = 16)]
     pub pool_size: u32,
+    /// PostgreSQL statement_timeout of every statement the service runs, in milliseconds
+    /// (0: none). A statement cancelled by it is answered 503 `statement_timeout`.
+    #[arg(long, env = "OLPS_STATEMENT_TIMEOUT_MS", default_value_t = http::DEFAULT_STATEMENT_TIMEOUT.as_millis() as u64)]
+    pub statement_timeout_ms: u64,
+}
+
+impl ServeArgs {
+    /// The service's own pool (statement_timeout on every connection), connecting like `base`.
+    fn service_pool(&self, base: &PgPool) -> PgPool {
+        http::service_pool(
+            base,
+            &http::ServicePool {
+                max_connections: self.pool_size,
+                statement_timeout: std::time::Duration::from_millis(self.statement_timeout_ms),
+                ..Default::default()
+            },
+        )
+    }
 }
 
 #[derive(Debug, Args)]
@@ -280,7 +298,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
-            let (_, pool) = open(args.pool_size).await?;
+            let (_, base) = open(1).await?;
+            let pool = args.service_pool(&base);
+            base.close().await;
             let listener = TcpListener::bind(&args.listen)
                 .await
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -304,7 +324,9 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(args) => {
-            let (_, pool) = open(args.serve.pool_size + 4).await?;
+            // The worker's statements (whole batches) are not bound by the service's timeout.
+            let (_, pool) = open(4).await?;
+            let service_pool = args.serve.service_pool(&pool);
             let config = args.worker.config(&pool).await?;
             let listener = TcpListener::bind(&args.serve.listen)
                 .await
@@ -315,7 +337,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut worker = Worker::new(pool.clone(), config);
             let worker_shutdown = shutdown.clone();
             let worker = tokio::spawn(async move { worker.run(worker_shutdown).await });
-            let served = http::serve(listener, AppState::new(pool), shutdown.clone()).await;
+            let served = http::serve(listener, AppState::new(service_pool), shutdown.clone()).await;
             shutdown.cancel();
             worker.await??;
             served?;

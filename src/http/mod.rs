@@ -4,9 +4,12 @@ mod error;
 mod feedback;
 mod models;
 mod monitor;
+mod nul;
 mod observe;
 pub mod openapi;
+mod pool;
 pub mod predict;
+pub mod retry;
 mod timeline;
 
 use std::net::SocketAddr;
@@ -32,6 +35,7 @@ use utoipa_axum::routes;
 use crate::serving::{Serving, ServingConfig};
 
 pub use error::ApiError;
+pub use pool::{service_pool, ServicePool, DEFAULT_STATEMENT_TIMEOUT};
 
 /// Request bodies above this are refused with 413 (a 10,000-event batch with a few features each
 /// is a few MiB).
@@ -84,6 +88,7 @@ pub fn router(state: AppState) -> Router {
         // `OpenApiRouter` + `routes!` and merged into `api()` (tests/it/serving.rs fails on them).
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::middleware::from_fn(nul::refuse_nul))
         .layer(TimeoutLayer::with_status_code(
             observe::TIMEOUT_STATUS,
             timeout,

@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::{CreateModelDoc, ErrorBody, ModelDoc, ModelListDoc};
-use super::{parse_json, ApiError, AppState};
+use super::{parse_json, retry, ApiError, AppState};
 use crate::learner::{LearnerConfig, ModelKind};
 use crate::models::{self, Model, NewModel};
 
@@ -51,7 +51,8 @@ async fn create(
         kind: request.kind,
         settings: request.settings.unwrap_or_default(),
     };
-    let model = models::create(&state.pool, &new).await?;
+    let (pool, new) = (&state.pool, &new);
+    let model = retry::transient("create model", || models::create(pool, new)).await?;
     Ok((StatusCode::CREATED, Json(model)))
 }
 

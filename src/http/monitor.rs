@@ -10,7 +10,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::ErrorBody;
-use super::{ApiError, AppState};
+use super::{retry, ApiError, AppState};
 use crate::models;
 use crate::monitor;
 use crate::timeline::version;
@@ -123,7 +123,8 @@ async fn resume(
     Path(model): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let model = models::find(&state.pool, &model).await?;
-    let resumed = monitor::resume(&state.pool, model.model_id).await?;
+    let (pool, model_id) = (&state.pool, model.model_id);
+    let resumed = retry::transient("resume", || monitor::resume(pool, model_id)).await?;
     Ok(Json(
         json!({"model_id": model.model_id, "resumed": resumed, "status": "active"}),
     ))

@@ -23,7 +23,7 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Records metrics and a log event for every request, and adds `Server-Timing: app;dur=<ms>`.
 pub async fn observe(request: Request, next: Next) -> Response {
     let started = Instant::now();
-    let method = request.method().clone();
+    let method = metrics::method_label(request.method());
     let route = request
         .extensions()
         .get::<MatchedPath>()
@@ -34,10 +34,10 @@ pub async fn observe(request: Request, next: Next) -> Response {
     let status = response.status();
     let m = metrics::global();
     m.http_requests
-        .with_label_values(&[method.as_str(), route, status.as_str()])
+        .with_label_values(&[method, route, status.as_str()])
         .inc();
     m.http_duration
-        .with_label_values(&[method.as_str(), route])
+        .with_label_values(&[method, route])
         .observe(elapsed.as_secs_f64());
     let micros = elapsed.as_micros() as u64;
     if let Ok(value) = HeaderValue::from_str(&format!("app;dur={:.3}", micros as f64 / 1000.0)) {
@@ -46,11 +46,11 @@ pub async fn observe(request: Request, next: Next) -> Response {
     // Successes at debug (OLPS_LOG=olps::request=debug shows them), client errors at info,
     // server errors at warn.
     if status.is_server_error() {
-        tracing::warn!(target: "olps::request", method = %method, route, status = status.as_u16(), micros, "request");
+        tracing::warn!(target: "olps::request", method, route, status = status.as_u16(), micros, "request");
     } else if status.is_client_error() {
-        tracing::info!(target: "olps::request", method = %method, route, status = status.as_u16(), micros, "request");
+        tracing::info!(target: "olps::request", method, route, status = status.as_u16(), micros, "request");
     } else {
-        tracing::debug!(target: "olps::request", method = %method, route, status = status.as_u16(), micros, "request");
+        tracing::debug!(target: "olps::request", method, route, status = status.as_u16(), micros, "request");
     }
     response
 }

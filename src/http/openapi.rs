@@ -51,9 +51,11 @@ pub struct ErrorBody {
 #[derive(ToSchema)]
 #[allow(dead_code)]
 pub struct ErrorDetail {
-    /// Machine-readable: `invalid_request`, `invalid_body`, `invalid_feedback`, `not_found`,
-    /// `conflict`, `payload_too_large`, `method_not_allowed`, `timeout`,
-    /// `database_unavailable`, `internal`.
+    /// Machine-readable: `invalid_request`, `invalid_body`, `invalid_feedback`,
+    /// `invalid_value` (a value the database refuses), `not_found`, `conflict`,
+    /// `payload_too_large`, `method_not_allowed`; with status 503 and `Retry-After`: `timeout`,
+    /// `statement_timeout`, `database_busy`, `database_conflict`, `database_unavailable`; and
+    /// `internal`.
     code: String,
     /// What went wrong and what to do about it.
     message: String,
@@ -151,6 +153,11 @@ pub struct CreateModelDoc {
 #[schema(as = FeedbackEvent)]
 #[allow(dead_code)]
 pub struct FeedbackEventDoc {
+    /// The event's own id (its idempotency key): an event whose id is already stored for the
+    /// model is not stored again, so a request that timed out can be retried as is. Default: a
+    /// new random id. Ids must not repeat within one request.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    id: Option<uuid::Uuid>,
     entity_id: String,
     /// explicit (priority 1.0), implicit (0.5), anything else (0.3).
     feedback_type: String,
@@ -186,14 +193,21 @@ pub enum FeedbackRequestDoc {
     Batch(FeedbackBatchDoc),
 }
 
-/// The stored events' ids, in request order.
+/// The request's events, all stored now: `new` by this request, `already_stored` by an earlier
+/// try (same ids).
 #[derive(ToSchema)]
 #[schema(as = Accepted)]
 #[allow(dead_code)]
 pub struct AcceptedDoc {
+    /// Events in the request (`new` + `already_stored`).
     accepted: usize,
+    /// Their ids, in request order.
     #[schema(value_type = Vec<String>)]
     ids: Vec<uuid::Uuid>,
+    /// Events stored (and queued for learning) by this request.
+    new: usize,
+    /// Events whose id was already stored for the model: not stored again.
+    already_stored: usize,
 }
 
 /// `GET /healthz`.
@@ -213,7 +227,72 @@ pub fn router() -> OpenApiRouter<AppState> {
 /// The whole API's document (built once).
 pub fn document() -> &'static utoipa::openapi::OpenApi {
     static DOC: OnceLock<utoipa::openapi::OpenApi> = OnceLock::new();
-    DOC.get_or_init(|| super::api().into_openapi())
+    DOC.get_or_init(|| {
+        let mut doc = super::api().into_openapi();
+        add_common_responses(&mut doc);
+        doc
+    })
+}
+
+/// Answers every operation may give, whatever its own annotation lists: 400 for a URL holding a
+/// NUL (`%00`) or a value the database refuses, and (except for this document) 503 when the
+/// database is busy, unavailable or too slow, or the request timed out, with `Retry-After`.
+fn add_common_responses(doc: &mut utoipa::openapi::OpenApi) {
+    use utoipa::openapi::header::HeaderBuilder;
+    use utoipa::openapi::{ContentBuilder, Ref, ResponseBuilder};
+    let error = || {
+        ContentBuilder::new()
+            .schema(Some(Ref::from_schema_name("ErrorBody")))
+            .build()
+    };
+    let bad = ResponseBuilder::new()
+        .description(
+            "A bad request: the URL holds a NUL (%00), or a value the database refuses \
+             (`invalid_value`); the message names the part",
+        )
+        .content("application/json", error())
+        .build();
+    let unavailable = ResponseBuilder::new()
+        .description(
+            "Try again later (see Retry-After): `database_busy` (no free connection), \
+             `statement_timeout`, `database_conflict` (a serialization failure or deadlock that \
+             persisted through retries), `database_unavailable`, or `timeout` (the request took \
+             too long)",
+        )
+        .content("application/json", error())
+        .header(
+            "Retry-After",
+            HeaderBuilder::new()
+                .schema(ObjectBuilder::new().schema_type(Type::Integer))
+                .description(Some("Seconds to wait before retrying"))
+                .build(),
+        )
+        .build();
+    for (path, item) in doc.paths.paths.iter_mut() {
+        for operation in [
+            &mut item.get,
+            &mut item.put,
+            &mut item.post,
+            &mut item.delete,
+            &mut item.patch,
+            &mut item.head,
+            &mut item.options,
+            &mut item.trace,
+        ]
+        .into_iter()
+        .flatten()
+        {
+            let responses = &mut operation.responses.responses;
+            responses
+                .entry("400".into())
+                .or_insert_with(|| bad.clone().into());
+            if path != "/openapi.json" {
+                responses
+                    .entry("503".into())
+                    .or_insert_with(|| unavailable.clone().into());
+            }
+        }
+    }
 }
 
 fn document_json() -> &'static str {

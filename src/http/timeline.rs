@@ -19,7 +19,7 @@ use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
 use super::openapi::ErrorBody;
-use super::{parse_json, ApiError, AppState};
+use super::{parse_json, retry, ApiError, AppState};
 use crate::models;
 use crate::timeline::error::TimelineError;
 use crate::timeline::history::{self, HistoryFilter};
@@ -199,7 +199,7 @@ impl From<TimelineError> for ApiError {
                 ApiError::new(StatusCode::GONE, "version_unreachable", e.to_string())
             }
             TimelineError::InvalidArgument(_) => ApiError::bad_request(e.to_string()),
-            TimelineError::Db(_) => ApiError::internal(e),
+            TimelineError::Db(e) => e.into(),
         }
     }
 }
@@ -282,9 +282,14 @@ async fn create_snapshot(
         _ => parse_json(body)?,
     };
     let model_id = models::resolve_id(&state.pool, &model).await?;
-    let mut tx = state.pool.begin().await?;
-    let snapshot = snapshots::create(&mut tx, model_id, request.label.as_deref()).await?;
-    tx.commit().await?;
+    let (pool, label) = (&state.pool, request.label.as_deref());
+    let snapshot = retry::transient("create snapshot", || async move {
+        let mut tx = pool.begin().await?;
+        let snapshot = snapshots::create(&mut tx, model_id, label).await?;
+        tx.commit().await?;
+        Ok::<_, TimelineError>(snapshot)
+    })
+    .await?;
     Ok((StatusCode::CREATED, Json(snapshot)))
 }
 
@@ -348,9 +353,14 @@ async fn delete_snapshot(
     Path((model, snapshot)): Path<(String, String)>,
 ) -> Result<Json<Value>, ApiError> {
     let model_id = models::resolve_id(&state.pool, &model).await?;
-    let mut tx = state.pool.begin().await?;
-    let deleted = snapshots::delete(&mut tx, model_id, &snapshot).await?;
-    tx.commit().await?;
+    let (pool, snapshot) = (&state.pool, snapshot.as_str());
+    let deleted = retry::transient("delete snapshot", || async move {
+        let mut tx = pool.begin().await?;
+        let deleted = snapshots::delete(&mut tx, model_id, snapshot).await?;
+        tx.commit().await?;
+        Ok::<_, TimelineError>(deleted)
+    })
+    .await?;
     Ok(Json(json!({"deleted": deleted})))
 }
 
@@ -393,8 +403,12 @@ async fn set_policy(
 ) -> Result<Json<SnapshotPolicy>, ApiError> {
     let policy: SnapshotPolicy = parse_json(body)?;
     let model_id = models::resolve_id(&state.pool, &model).await?;
+    let (pool, policy) = (&state.pool, &policy);
     Ok(Json(
-        snapshots::set_policy(&state.pool, model_id, &policy).await?,
+        retry::transient("set snapshot policy", || async move {
+            snapshots::set_policy(pool, model_id, policy).await
+        })
+        .await?,
     ))
 }
 
@@ -432,6 +446,12 @@ async fn rollback(
     let request: RollbackRequest = parse_json(body)?;
     let target = match (request.to_version, request.snapshot) {
         (Some(v), None) => RollbackTarget::Version(v),
+        (None, Some(s)) if s.contains('\0') => {
+            return Err(ApiError::bad_request(
+                crate::validation::Invalid::new("snapshot", crate::validation::Problem::Nul)
+                    .to_string(),
+            ))
+        }
         (None, Some(s)) => RollbackTarget::Snapshot(s),
         _ => {
             return Err(ApiError::bad_request(
@@ -441,9 +461,14 @@ async fn rollback(
         }
     };
     let model_id = models::resolve_id(&state.pool, &model).await?;
-    let mut tx = state.pool.begin().await?;
-    let outcome = rollback::rollback(&mut tx, model_id, &target).await?;
-    tx.commit().await?;
+    let (pool, target) = (&state.pool, &target);
+    let outcome = retry::transient("rollback", || async move {
+        let mut tx = pool.begin().await?;
+        let outcome = rollback::rollback(&mut tx, model_id, target).await?;
+        tx.commit().await?;
+        Ok::<_, TimelineError>(outcome)
+    })
+    .await?;
     Ok(Json(outcome))
 }
 
