@@ -314,7 +314,9 @@ async fn database_gauges(pool: &PgPool) -> Result<Registry, sqlx::Error> {
     .await?;
     for (model, model_version, last_loss) in &rows {
         let model = model.as_str();
-        version.with_label_values(&[model]).set(*model_version as f64);
+        version
+            .with_label_values(&[model])
+            .set(*model_version as f64);
         // Models without queue rows still get depth 0, so every model has a series.
         depth.with_label_values(&[model]);
         dead.with_label_values(&[model]);

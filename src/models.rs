@@ -169,9 +169,10 @@ pub async fn create(db: impl PgExecutor<'_>, new: &NewModel) -> Result<Model, Mo
 }
 
 pub async fn list(db: impl PgExecutor<'_>) -> Result<Vec<Model>, ModelError> {
-    let rows: Vec<ModelRow> = sqlx::query_as(&format!("SELECT {COLUMNS} FROM models ORDER BY name"))
-        .fetch_all(db)
-        .await?;
+    let rows: Vec<ModelRow> =
+        sqlx::query_as(&format!("SELECT {COLUMNS} FROM models ORDER BY name"))
+            .fetch_all(db)
+            .await?;
     rows.into_iter().map(ModelRow::decode).collect()
 }
 

@@ -85,7 +85,8 @@ pub async fn check_guard(
     version: i64,
     guard: &crate::learner::GuardConfig,
 ) -> Result<Option<GuardTrip>, sqlx::Error> {
-    let Some((current, examples)) = version::windowed_loss(pool, model_id, version, guard.window).await?
+    let Some((current, examples)) =
+        version::windowed_loss(pool, model_id, version, guard.window).await?
     else {
         return Ok(None);
     };

@@ -21,7 +21,10 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                 .unwrap_or_default(),
             read_csv(path)?,
         ),
-        None => ("seed_stream.csv".to_string(), parse_csv(SEED_STREAM_CSV, "seed_stream.csv")?),
+        None => (
+            "seed_stream.csv".to_string(),
+            parse_csv(SEED_STREAM_CSV, "seed_stream.csv")?,
+        ),
     };
     if rows.is_empty() {
         bail!("{file} has no rows");

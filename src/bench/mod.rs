@@ -17,8 +17,8 @@ pub mod learn;
 pub mod predict;
 pub mod report;
 pub mod snapshot;
-pub mod time_travel;
 pub mod sys;
+pub mod time_travel;
 
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};

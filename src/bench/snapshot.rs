@@ -9,8 +9,8 @@ use std::time::Instant;
 use anyhow::Context;
 use uuid::Uuid;
 
-use super::{Ctx, Figure, Report};
 use super::time_travel::{self, TimeTravelTimings};
+use super::{Ctx, Figure, Report};
 
 /// Target (Deliver): a snapshot or rollback of 1,000,000 parameters under 5 s.
 pub const TARGET_MS: f64 = 5_000.0;

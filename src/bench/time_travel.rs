@@ -101,12 +101,14 @@ pub async fn measure_time_travel(
             source: Some("time-travel".into()),
             ..Default::default()
         };
-        crate::timeline::version::commit_version(&mut tx, id, version, version * 10, &record).await?;
+        crate::timeline::version::commit_version(&mut tx, id, version, version * 10, &record)
+            .await?;
         tx.commit().await?;
         if version == 2 {
             let t = Instant::now();
             let mut tx = pool.begin().await?;
-            snapshot = Some(crate::timeline::snapshots::create(&mut tx, id, Some("time-travel")).await?);
+            snapshot =
+                Some(crate::timeline::snapshots::create(&mut tx, id, Some("time-travel")).await?);
             tx.commit().await?;
             snapshot_ms = ms(t);
         }
@@ -119,7 +121,12 @@ pub async fn measure_time_travel(
     let current = 4;
 
     let t = Instant::now();
-    let read = parameters_at(&mut *pool.begin().await?, id, At::Version(snapshot.model_version)).await?;
+    let read = parameters_at(
+        &mut *pool.begin().await?,
+        id,
+        At::Version(snapshot.model_version),
+    )
+    .await?;
     let read_snapshot_version_ms = ms(t);
     debug_assert_eq!(read.parameters.len() as i64, parameters);
     let t = Instant::now();

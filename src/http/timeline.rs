@@ -20,10 +20,10 @@ use utoipa_axum::routes;
 
 use super::openapi::ErrorBody;
 use super::{parse_json, ApiError, AppState};
+use crate::models;
 use crate::timeline::error::TimelineError;
 use crate::timeline::history::{self, HistoryFilter};
 use crate::timeline::reconstruct::{self, At, ParametersAt};
-use crate::models;
 use crate::timeline::rollback::{self, RollbackOutcome, RollbackTarget};
 use crate::timeline::snapshots::{self, Lock, Snapshot, SnapshotPolicy};
 
@@ -426,6 +426,7 @@ struct RollbackRequest {
 )]
 async fn rollback(
     State(state): State<AppState>,
+    principal: Option<axum::Extension<std::sync::Arc<crate::auth::Principal>>>,
     Path(model): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RollbackOutcome>, ApiError> {
@@ -442,7 +443,12 @@ async fn rollback(
     };
     let model_id = models::resolve_id(&state.pool, &model).await?;
     let mut tx = state.pool.begin().await?;
-    let outcome = rollback::rollback(&mut tx, model_id, &target).await?;
+    // The version's `source` names who rolled back (the token).
+    let source = principal.map_or_else(
+        || crate::auth::Principal::no_auth().rollback_source(),
+        |axum::Extension(p)| p.rollback_source(),
+    );
+    let outcome = rollback::rollback_by(&mut tx, model_id, &target, &source).await?;
     tx.commit().await?;
     Ok(Json(outcome))
 }

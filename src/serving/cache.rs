@@ -89,7 +89,6 @@ pub struct ModelCache {
     names: RwLock<HashMap<String, Uuid>>,
 }
 
-
 /// A read-only transaction whose statements all see one snapshot.
 async fn snapshot(
     pool: &PgPool,

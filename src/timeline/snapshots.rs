@@ -389,7 +389,15 @@ pub async fn maybe_auto_snapshot(
     else {
         return Ok(None);
     };
-    let snapshot = copy(conn, model_id, version, examples_seen, None, SnapshotKind::Auto).await?;
+    let snapshot = copy(
+        conn,
+        model_id,
+        version,
+        examples_seen,
+        None,
+        SnapshotKind::Auto,
+    )
+    .await?;
     if let Some(keep) = keep {
         // Only the policy's own (unlabelled) snapshots, never the floor of pruned history, and
         // not those a prune or delete holds right now. Labelled automatic snapshots (the

@@ -327,9 +327,13 @@ async fn guard_rolls_back_and_quarantines_a_poisoned_model_and_resume_loses_noth
         "rolled back to a snapshot at or after training"
     );
     // The parameters are those of the target version, bit for bit (zeroed extras aside).
-    let at_target = committed::parameters_at(&db.pool, id, olps::timeline::reconstruct::At::Version(target))
-        .await
-        .unwrap();
+    let at_target = committed::parameters_at(
+        &db.pool,
+        id,
+        olps::timeline::reconstruct::At::Version(target),
+    )
+    .await
+    .unwrap();
     let now = olps::params::load_all(&db.pool, id).await.unwrap();
     for p in &at_target.parameters {
         assert_eq!(

@@ -10,6 +10,7 @@
 
 mod common;
 
+mod access;
 mod api;
 mod bench_smoke;
 mod cli;
@@ -18,9 +19,11 @@ mod drift;
 mod embedded;
 mod learner;
 mod module_graph;
+mod roles;
 mod schema;
 mod serving;
 mod sql;
+mod tls;
 mod validation;
 mod versions;
 mod worker;

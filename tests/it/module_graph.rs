@@ -283,7 +283,11 @@ fn no_import_circle_between_modules() {
         .map(|f| (module_of(&src, f), f.clone()))
         .collect();
     let known: BTreeSet<ModPath> = modules.keys().cloned().collect();
-    assert!(known.len() > 10, "found only {} modules under src/", known.len());
+    assert!(
+        known.len() > 10,
+        "found only {} modules under src/",
+        known.len()
+    );
 
     // Lifted edges, each with one reference that makes it (for the failure message).
     let mut edges: BTreeMap<(ModPath, ModPath), String> = BTreeMap::new();
@@ -369,5 +373,8 @@ fn the_check_sees_grouped_and_inline_paths() {
         "use crate::{a::{b, c as d}, e};\n// crate::zzz\nlet s = \"crate::yyy\";\nlet x = super::f::g();\n#[cfg(test)]\nmod tests { use crate::t; }",
     );
     let paths = named_paths(&code);
-    assert_eq!(paths, ["crate::a::b", "crate::a::c", "crate::e", "super::f::g"]);
+    assert_eq!(
+        paths,
+        ["crate::a::b", "crate::a::c", "crate::e", "super::f::g"]
+    );
 }

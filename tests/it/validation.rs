@@ -6,7 +6,6 @@
 //! field. Whatever HTTP accepts, the worker learns; predict refuses the feature sets feedback
 //! refuses.
 
-
 use std::time::Duration;
 
 use crate::common::*;

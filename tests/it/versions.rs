@@ -5,10 +5,10 @@
 use std::collections::BTreeMap;
 use std::time::{Duration, Instant};
 
+use olps::learner::{Example, Learner, LearnerConfig, ModelKind, OptimizerKind, ParamState};
 use olps::timeline::error::TimelineError;
 use olps::timeline::history::HistoryFilter;
 use olps::timeline::reconstruct::{self, At, Lookup, ReadPlan};
-use olps::learner::{Example, Learner, LearnerConfig, ModelKind, OptimizerKind, ParamState};
 use olps::timeline::rollback::{self, RollbackPlan, RollbackTarget};
 use olps::timeline::snapshots::{self, SnapshotKind, SnapshotPolicy};
 use serde_json::{json, Value};
@@ -143,7 +143,9 @@ async fn rollback_and_roll_forward_restore_parameters_and_optimizer_state_bit_fo
     insert_stream(pool, id, &rows[..300]).await;
     step_all(pool, id, 50, &mut recorded).await;
     assert_eq!(current_version(pool, id).await, 6);
-    let snap = committed::create_snapshot(pool, id, Some("v6")).await.unwrap();
+    let snap = committed::create_snapshot(pool, id, Some("v6"))
+        .await
+        .unwrap();
     assert_eq!(
         (
             snap.model_version,
@@ -321,7 +323,9 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
     recorded.insert(0, Recorded::load(pool, id).await);
     insert_stream(pool, id, &rows[..160]).await;
     step_all(pool, id, 40, &mut recorded).await; // 1..=4
-    committed::create_snapshot(pool, id, Some("four")).await.unwrap();
+    committed::create_snapshot(pool, id, Some("four"))
+        .await
+        .unwrap();
     insert_stream(pool, id, &rows[160..280]).await;
     step_all(pool, id, 40, &mut recorded).await; // 5..=7
     committed::create_snapshot(pool, id, None).await.unwrap();
@@ -362,7 +366,9 @@ async fn point_in_time_reads_equal_every_recorded_version_by_every_plan() {
                 .all(|p| p.last_changed_version <= version));
         }
     }
-    let now = committed::parameters_at(pool, id, At::Current).await.unwrap();
+    let now = committed::parameters_at(pool, id, At::Current)
+        .await
+        .unwrap();
     assert_eq!(now.version, current);
     assert_exact("current", &pit_state(&now), &recorded[&current].params);
 
@@ -554,10 +560,14 @@ async fn prune_deletes_only_history_a_snapshot_covers_and_says_what_it_kept() {
     recorded.insert(0, Recorded::load(pool, id).await);
     insert_stream(pool, id, &rows[..160]).await;
     step_all(pool, id, 40, &mut recorded).await; // 1..=4
-    let s4 = committed::create_snapshot(pool, id, Some("four")).await.unwrap();
+    let s4 = committed::create_snapshot(pool, id, Some("four"))
+        .await
+        .unwrap();
     insert_stream(pool, id, &rows[160..280]).await;
     step_all(pool, id, 40, &mut recorded).await; // 5..=7
-    let s7 = committed::create_snapshot(pool, id, Some("seven")).await.unwrap();
+    let s7 = committed::create_snapshot(pool, id, Some("seven"))
+        .await
+        .unwrap();
     insert_stream(pool, id, &rows[280..]).await;
     step_all(pool, id, 40, &mut recorded).await; // 8..=10
     let created_9: chrono::DateTime<chrono::Utc> = sqlx::query_scalar(
@@ -784,10 +794,14 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
     for s in &list {
         assert_eq!(s.kind, "auto");
         assert_eq!(s.label, None);
-        let read =
-            committed::parameters_at_with(pool, id, At::Version(s.model_version), ReadPlan::Forward)
-                .await
-                .unwrap();
+        let read = committed::parameters_at_with(
+            pool,
+            id,
+            At::Version(s.model_version),
+            ReadPlan::Forward,
+        )
+        .await
+        .unwrap();
         assert_exact(
             "auto snapshot",
             &pit_state(&read),
@@ -807,7 +821,9 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
         );
     }
     // A manual snapshot is never trimmed, and resets the count.
-    let manual = committed::create_snapshot(pool, id, Some("mine")).await.unwrap();
+    let manual = committed::create_snapshot(pool, id, Some("mine"))
+        .await
+        .unwrap();
     assert_eq!(manual.model_version, 10);
     // Nor is a labelled automatic one (the worker's guard takes those before an adaptation).
     let mut tx = pool.begin().await.unwrap();
@@ -1455,7 +1471,9 @@ async fn time_travel_timings() {
         .map(|s| s.trim().parse().unwrap())
         .collect();
     for n in sizes {
-        let t = olps::bench::time_travel::measure_time_travel(&db.pool, n).await.unwrap();
+        let t = olps::bench::time_travel::measure_time_travel(&db.pool, n)
+            .await
+            .unwrap();
         println!("{}", serde_json::to_string_pretty(&t).unwrap());
     }
 }
