@@ -1,40 +1,26 @@
 //! TLS to PostgreSQL, as libpq does it: `sslmode` (disable, prefer, require, verify-ca,
 //! verify-full) and `sslrootcert` from the connection URL (else `PGSSLMODE` / `PGSSLROOTCERT`),
 //! honoured by every connection olps makes — the sqlx pools ([`crate::db::connect`]) and the
-//! tokio-postgres connection that runs the migrations ([`connect_tokio_postgres`]), both with
-//! rustls.
+//! tokio-postgres connection that runs the migrations ([`connect_tokio_postgres`]), both with the
+//! system's OpenSSL (through native-tls), as libpq.
 //!
 //! | sslmode | encrypted | certificate checked | host name checked |
 //! |---|---|---|---|
 //! | disable | no | – | – |
 //! | prefer | if the server offers it | no | no |
 //! | require | yes | no; yes against `sslrootcert` when one is given (as libpq) | no |
-//! | verify-ca | yes | against `sslrootcert`, else the Mozilla roots | no |
-//! | verify-full | yes | against `sslrootcert`, else the Mozilla roots | yes |
+//! | verify-ca | yes | against `sslrootcert`, else the system's roots | no |
+//! | verify-full | yes | against `sslrootcert`, else the system's roots | yes |
 //!
 //! Without `sslmode` the default is libpq's `prefer`, except for a loopback host
 //! (127.0.0.0/8, ::1, localhost) or a Unix socket, where it is `disable`: encrypting traffic that
 //! never leaves the machine protects nothing and costs a handshake per connection.
 
-use std::future::Future;
-use std::io;
 use std::net::IpAddr;
 use std::path::PathBuf;
-use std::pin::Pin;
-use std::sync::Arc;
-use std::task::{Context, Poll};
 
-use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
-use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
-use rustls::pki_types::pem::PemObject;
-use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
-use rustls::{
-    CertificateError, ClientConfig, DigitallySignedStruct, RootCertStore, SignatureScheme,
-};
+use postgres_native_tls::{MakeTlsConnector, TlsStream};
 use sqlx::postgres::{PgConnectOptions, PgSslMode};
-use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio_postgres::tls::{ChannelBinding, MakeTlsConnect, TlsConnect, TlsStream};
 
 /// libpq's `sslmode`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -172,56 +158,61 @@ impl SslSettings {
         }
     }
 
-    /// The rustls configuration for this mode (for tokio-postgres).
-    pub fn client_config(&self) -> Result<ClientConfig, TlsSetupError> {
-        let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let builder = ClientConfig::builder_with_provider(provider.clone())
-            .with_safe_default_protocol_versions()
-            .map_err(|e| TlsSetupError(e.to_string()))?;
-        let mode = self.effective_mode();
-        if matches!(mode, SslMode::Disable | SslMode::Prefer | SslMode::Require) {
-            return Ok(builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(AcceptAnyCertificate { provider }))
-                .with_no_client_auth());
-        }
-        let mut roots = RootCertStore::empty();
-        match &self.root_cert {
-            Some(path) => {
-                let certs = CertificateDer::pem_file_iter(path)
-                    .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
-                    .map_err(|e| {
-                        TlsSetupError(format!("cannot read sslrootcert {}: {e}", path.display()))
-                    })?;
-                if certs.is_empty() {
-                    return Err(TlsSetupError(format!(
-                        "sslrootcert {} holds no PEM certificate",
-                        path.display()
-                    )));
-                }
-                for cert in certs {
-                    roots.add(cert).map_err(|e| {
-                        TlsSetupError(format!("sslrootcert {}: {e}", path.display()))
-                    })?;
-                }
+    /// The TLS connector for this mode (for tokio-postgres). With `sslrootcert` only its
+    /// certificates are trusted (as libpq); without, the system's.
+    pub fn connector(&self) -> Result<native_tls::TlsConnector, TlsSetupError> {
+        let mut builder = native_tls::TlsConnector::builder();
+        match self.effective_mode() {
+            SslMode::Disable | SslMode::Prefer | SslMode::Require => {
+                builder
+                    .danger_accept_invalid_certs(true)
+                    .danger_accept_invalid_hostnames(true);
             }
-            None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
+            SslMode::VerifyCa => {
+                builder.danger_accept_invalid_hostnames(true);
+            }
+            SslMode::VerifyFull => {}
         }
-        let verifier = WebPkiServerVerifier::builder_with_provider(Arc::new(roots), provider)
+        if let Some(path) = &self.root_cert {
+            let text = std::fs::read_to_string(path).map_err(|e| {
+                TlsSetupError(format!("cannot read sslrootcert {}: {e}", path.display()))
+            })?;
+            let mut found = 0;
+            for pem in pem_certificates(&text) {
+                let cert = native_tls::Certificate::from_pem(pem.as_bytes())
+                    .map_err(|e| TlsSetupError(format!("sslrootcert {}: {e}", path.display())))?;
+                builder.add_root_certificate(cert);
+                found += 1;
+            }
+            if found == 0 {
+                return Err(TlsSetupError(format!(
+                    "sslrootcert {} holds no PEM certificate",
+                    path.display()
+                )));
+            }
+            builder.disable_built_in_roots(true);
+        }
+        builder
             .build()
-            .map_err(|e| TlsSetupError(e.to_string()))?;
-        Ok(if mode == SslMode::VerifyCa {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(Arc::new(IgnoreHostName { verifier }))
-                .with_no_client_auth()
-        } else {
-            builder
-                .dangerous()
-                .with_custom_certificate_verifier(verifier)
-                .with_no_client_auth()
-        })
+            .map_err(|e| TlsSetupError(format!("TLS setup: {e}")))
     }
+}
+
+/// The PEM blocks of the certificates in a file (a bundle may hold many).
+fn pem_certificates(text: &str) -> Vec<String> {
+    const BEGIN: &str = "-----BEGIN CERTIFICATE-----";
+    const END: &str = "-----END CERTIFICATE-----";
+    let mut out = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find(BEGIN) {
+        let Some(len) = rest[start..].find(END) else {
+            break;
+        };
+        let end = start + len + END.len();
+        out.push(format!("{}\n", &rest[start..end]));
+        rest = &rest[end..];
+    }
+    out
 }
 
 /// sqlx's options for `url`, with its TLS settings applied as described above.
@@ -239,7 +230,7 @@ pub async fn connect_tokio_postgres(
 ) -> Result<
     (
         tokio_postgres::Client,
-        tokio_postgres::Connection<tokio_postgres::Socket, RustlsStream<tokio_postgres::Socket>>,
+        tokio_postgres::Connection<tokio_postgres::Socket, TlsStream<tokio_postgres::Socket>>,
     ),
     ConnectError,
 > {
@@ -250,9 +241,7 @@ pub async fn connect_tokio_postgres(
         SslMode::Prefer => tokio_postgres::config::SslMode::Prefer,
         _ => tokio_postgres::config::SslMode::Require,
     });
-    let tls = MakeRustls {
-        config: Arc::new(ssl.client_config().map_err(ConnectError::Setup)?),
-    };
+    let tls = MakeTlsConnector::new(ssl.connector().map_err(ConnectError::Setup)?);
     config.connect(tls).await.map_err(ConnectError::Postgres)
 }
 
@@ -262,200 +251,6 @@ pub enum ConnectError {
     Setup(TlsSetupError),
     #[error("{0}")]
     Postgres(#[source] tokio_postgres::Error),
-}
-
-// ---- rustls verifiers ------------------------------------------------------------------------
-
-/// `prefer` and `require`: encrypted, any certificate (as libpq without a root certificate).
-#[derive(Debug)]
-struct AcceptAnyCertificate {
-    provider: Arc<CryptoProvider>,
-}
-
-impl ServerCertVerifier for AcceptAnyCertificate {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.provider
-            .signature_verification_algorithms
-            .supported_schemes()
-    }
-}
-
-/// `verify-ca`: the chain must lead to a trusted root; the host name is not checked.
-#[derive(Debug)]
-struct IgnoreHostName {
-    verifier: Arc<WebPkiServerVerifier>,
-}
-
-impl ServerCertVerifier for IgnoreHostName {
-    fn verify_server_cert(
-        &self,
-        end_entity: &CertificateDer<'_>,
-        intermediates: &[CertificateDer<'_>],
-        server_name: &ServerName<'_>,
-        ocsp_response: &[u8],
-        now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        match self.verifier.verify_server_cert(
-            end_entity,
-            intermediates,
-            server_name,
-            ocsp_response,
-            now,
-        ) {
-            Err(rustls::Error::InvalidCertificate(
-                CertificateError::NotValidForName | CertificateError::NotValidForNameContext { .. },
-            )) => Ok(ServerCertVerified::assertion()),
-            other => other,
-        }
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.verifier.verify_tls12_signature(message, cert, dss)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        self.verifier.verify_tls13_signature(message, cert, dss)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.verifier.supported_verify_schemes()
-    }
-}
-
-// ---- tokio-postgres over tokio-rustls --------------------------------------------------------
-
-/// Makes rustls connectors for tokio-postgres.
-#[derive(Clone)]
-pub struct MakeRustls {
-    config: Arc<ClientConfig>,
-}
-
-impl<S> MakeTlsConnect<S> for MakeRustls
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type TlsConnect = RustlsConnect;
-    type Error = io::Error;
-
-    fn make_tls_connect(&mut self, domain: &str) -> Result<RustlsConnect, io::Error> {
-        let server_name = ServerName::try_from(domain.to_string())
-            .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
-        Ok(RustlsConnect {
-            config: self.config.clone(),
-            server_name,
-        })
-    }
-}
-
-pub struct RustlsConnect {
-    config: Arc<ClientConfig>,
-    server_name: ServerName<'static>,
-}
-
-impl<S> TlsConnect<S> for RustlsConnect
-where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
-{
-    type Stream = RustlsStream<S>;
-    type Error = io::Error;
-    type Future = Pin<Box<dyn Future<Output = io::Result<RustlsStream<S>>> + Send>>;
-
-    fn connect(self, stream: S) -> Self::Future {
-        Box::pin(async move {
-            tokio_rustls::TlsConnector::from(self.config)
-                .connect(self.server_name, stream)
-                .await
-                .map(RustlsStream)
-        })
-    }
-}
-
-/// A TLS session to PostgreSQL (no channel binding: SCRAM runs without it, as with
-/// `channel_binding=prefer` against a server that does not offer it).
-pub struct RustlsStream<S>(tokio_rustls::client::TlsStream<S>);
-
-impl<S: AsyncRead + AsyncWrite + Unpin> TlsStream for RustlsStream<S> {
-    fn channel_binding(&self) -> ChannelBinding {
-        ChannelBinding::none()
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for RustlsStream<S> {
-    fn poll_read(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &mut ReadBuf<'_>,
-    ) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_read(cx, buf)
-    }
-}
-
-impl<S: AsyncRead + AsyncWrite + Unpin> AsyncWrite for RustlsStream<S> {
-    fn poll_write(
-        mut self: Pin<&mut Self>,
-        cx: &mut Context<'_>,
-        buf: &[u8],
-    ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.0).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        Pin::new(&mut self.0).poll_shutdown(cx)
-    }
 }
 
 #[cfg(test)]
@@ -478,6 +273,14 @@ mod tests {
         assert_eq!(url, "postgres://u@10.1.2.3/x");
         assert_eq!(ssl.mode, SslMode::Require);
         assert!(split_url("postgres://u@h/x?sslmode=sometimes").is_err());
+    }
+
+    #[test]
+    fn finds_every_certificate_of_a_bundle() {
+        let one = "-----BEGIN CERTIFICATE-----\nAAA\n-----END CERTIFICATE-----";
+        let text = format!("# a bundle\n{one}\njunk\n{one}\n");
+        assert_eq!(pem_certificates(&text).len(), 2);
+        assert!(pem_certificates("nothing").is_empty());
     }
 
     #[test]

@@ -109,30 +109,8 @@ async fn sslmode_is_honoured_by_the_pool_and_the_migration_connection() {
     // name (127.0.0.1, not in the certificate) is not checked.
     let url = with_params(&db.url, &[("sslmode", "verify-ca"), ("sslrootcert", &cert)]);
     assert_eq!(both(&url).await, (Ok(true), Ok(true)), "{url}");
-    // verify-ca against roots that did not sign it: refused, by both.
-    let bundle = "/etc/ssl/certs/ca-certificates.crt";
-    if std::path::Path::new(bundle).is_file() {
-        let url = with_params(
-            &db.url,
-            &[("sslmode", "verify-ca"), ("sslrootcert", bundle)],
-        );
-        let (pool, migration) = both(&url).await;
-        assert!(
-            pool.is_err(),
-            "verify-ca accepted an unknown issuer: {pool:?}"
-        );
-        assert!(
-            migration.is_err(),
-            "verify-ca accepted an unknown issuer: {migration:?}"
-        );
-    }
-    // require with a root certificate checks it too (as libpq does).
-    let url = with_params(&db.url, &[("sslmode", "require"), ("sslrootcert", bundle)]);
-    let (pool, migration) = both(&url).await;
-    assert!(
-        pool.is_err() && migration.is_err(),
-        "{pool:?} {migration:?}"
-    );
+    // (Refusals by an untrusted root: `verification_refuses_…` below, on a private server, since
+    // this machine's own trust store holds the shared server's snakeoil certificate.)
 
     // verify-full: the host name must match the certificate (localhost), not 127.0.0.1.
     let url = with_params(
@@ -188,4 +166,105 @@ async fn olps_commands_migrate_and_run_over_verified_tls() {
         .await
         .unwrap();
     assert_eq!(count, 1);
+}
+
+/// Runs openssl; panics with its output on failure.
+fn openssl(args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .output()
+        .expect("openssl is needed to make a test certificate");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn verification_refuses_a_server_whose_certificate_no_root_vouches_for() {
+    if olps::embedded::find_pg_bin_dir().is_none() {
+        eprintln!("no PostgreSQL binaries: skipped");
+        return;
+    }
+    // A private server with a certificate of its own, which no trust store holds.
+    let tmp = TempCluster::new("olps-tls-private");
+    let cluster = olps::embedded::ensure_cluster(&tmp.base).unwrap();
+    let key = cluster.data_dir.join("server.key");
+    let cert = cluster.data_dir.join("server.crt");
+    openssl(&[
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "2",
+        "-subj",
+        "/CN=localhost",
+        "-addext",
+        "subjectAltName=DNS:localhost",
+        "-keyout",
+        key.to_str().unwrap(),
+        "-out",
+        cert.to_str().unwrap(),
+    ]);
+    use std::os::unix::fs::{MetadataExt, PermissionsExt};
+    let owner = std::fs::metadata(&cluster.data_dir).unwrap();
+    for file in [&key, &cert] {
+        std::os::unix::fs::chown(file, Some(owner.uid()), Some(owner.gid())).unwrap();
+        std::fs::set_permissions(file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let root = tmp.root.join("root.crt");
+    std::fs::copy(&cert, &root).unwrap();
+    let root = root.to_str().unwrap().to_string();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let mut conn = PgConnection::connect(&cluster.url).await.unwrap();
+        for sql in [
+            "ALTER SYSTEM SET ssl_cert_file = 'server.crt'",
+            "ALTER SYSTEM SET ssl_key_file = 'server.key'",
+            "ALTER SYSTEM SET ssl = on",
+            "SELECT pg_reload_conf()",
+        ] {
+            sqlx::query(sql).execute(&mut conn).await.unwrap();
+        }
+        conn.close().await.ok();
+        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+
+        // Its own certificate as the root: both connections verify it.
+        let url = with_params(
+            &cluster.url,
+            &[("sslmode", "verify-ca"), ("sslrootcert", &root)],
+        );
+        assert_eq!(both(&url).await, (Ok(true), Ok(true)), "{url}");
+        let url = with_host(
+            &with_params(
+                &cluster.url,
+                &[("sslmode", "verify-full"), ("sslrootcert", &root)],
+            ),
+            "localhost",
+        );
+        assert_eq!(both(&url).await, (Ok(true), Ok(true)), "{url}");
+        // Another root (the shared server's certificate): both refuse.
+        let snakeoil = "/etc/ssl/certs/ssl-cert-snakeoil.pem";
+        for mode in ["verify-ca", "verify-full", "require"] {
+            let url = with_params(
+                &cluster.url,
+                &[("sslmode", mode), ("sslrootcert", snakeoil)],
+            );
+            let (pool, migration) = both(&url).await;
+            assert!(
+                pool.is_err(),
+                "{mode}: the pool accepted an unknown issuer: {pool:?}"
+            );
+            assert!(
+                migration.is_err(),
+                "{mode}: the migration connection accepted an unknown issuer: {migration:?}"
+            );
+        }
+        // Without a root, require encrypts without checking.
+        let url = with_params(&cluster.url, &[("sslmode", "require")]);
+        assert_eq!(both(&url).await, (Ok(true), Ok(true)), "{url}");
+    });
 }
