@@ -880,3 +880,90 @@ async fn cli_rollbacks_are_audited_and_named_in_the_version() {
         ("rollback", "cli", Some(fx.model))
     );
 }
+
+#[test]
+fn compose_runs_the_service_and_worker_as_their_roles_with_secrets_from_an_env_file() {
+    // No Docker engine here: docker-compose.yml is checked by reading it.
+    let root = env!("CARGO_MANIFEST_DIR");
+    let compose = std::fs::read_to_string(format!("{root}/docker-compose.yml")).unwrap();
+    // The lines of one service (indented under its two-space name line).
+    let service = |name: &str| -> String {
+        let mut out = String::new();
+        let mut inside = false;
+        for line in compose.lines() {
+            if line.starts_with("  ") && !line.starts_with("   ") {
+                inside = line.trim_end() == format!("  {name}:");
+                continue;
+            }
+            if !line.starts_with(' ') && !line.is_empty() {
+                inside = false;
+            }
+            if inside {
+                out.push_str(line);
+                out.push('\n');
+            }
+        }
+        assert!(!out.is_empty(), "no service {name}");
+        out
+    };
+    let serve = service("serve");
+    let worker = service("worker");
+    assert!(
+        serve.contains("DATABASE_URL: postgres://olps_serve_login:${OLPS_SERVICE_PASSWORD:?"),
+        "{serve}"
+    );
+    assert!(
+        worker.contains("DATABASE_URL: postgres://olps_worker_login:${OLPS_WORKER_PASSWORD:?"),
+        "{worker}"
+    );
+    assert!(!serve.contains("--no-auth"));
+    // Every published port is on loopback.
+    for line in compose
+        .lines()
+        .filter(|l| l.trim_start().starts_with("- \"") && l.contains(":") && l.contains("PORT"))
+    {
+        assert!(
+            line.contains("\"127.0.0.1:"),
+            "published beyond loopback: {line}"
+        );
+    }
+    assert!(
+        serve.contains("\"127.0.0.1:${OLPS_HTTP_PORT:-8080}:8080\""),
+        "{serve}"
+    );
+    // No secret is written in the file: every password is a required variable of the env file.
+    assert!(
+        !compose.contains("POSTGRES_PASSWORD: olps"),
+        "a literal password"
+    );
+    for secret in [
+        "POSTGRES_PASSWORD",
+        "OLPS_SERVICE_PASSWORD",
+        "OLPS_WORKER_PASSWORD",
+    ] {
+        assert!(
+            compose.contains(&format!("${{{secret}:?")),
+            "{secret} is not required from .env"
+        );
+    }
+    let example = std::fs::read_to_string(format!("{root}/.env.example")).unwrap();
+    for secret in [
+        "POSTGRES_PASSWORD=",
+        "OLPS_SERVICE_PASSWORD=",
+        "OLPS_WORKER_PASSWORD=",
+    ] {
+        assert!(
+            example.contains(secret),
+            "{secret} missing from .env.example"
+        );
+    }
+    let ignored = std::fs::read_to_string(format!("{root}/.gitignore")).unwrap();
+    assert!(
+        ignored.lines().any(|l| l.trim() == "/.env"),
+        ".env must not be committed"
+    );
+    // The roles step makes the LOGIN roles members of the group roles.
+    let roles = std::fs::read_to_string(format!("{root}/deploy/compose-roles.sql")).unwrap();
+    assert!(roles.contains("CREATE ROLE olps_serve_login LOGIN IN ROLE olps_service"));
+    assert!(roles.contains("CREATE ROLE olps_worker_login LOGIN IN ROLE olps_worker"));
+}
