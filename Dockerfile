@@ -19,10 +19,11 @@ RUN --mount=type=cache,target=/usr/local/cargo/registry \
 
 # ---- run --------------------------------------------------------------------------------------
 FROM debian:bookworm-slim
-# ca-certificates: TLS to managed PostgreSQL services. No curl: the compose healthcheck speaks
+# ca-certificates and libssl3 (OpenSSL): TLS to PostgreSQL (sslmode=require, verify-ca,
+# verify-full). No curl: the compose healthcheck speaks
 # HTTP through bash's /dev/tcp (bash is part of the slim image).
 RUN apt-get update \
-    && apt-get install -y --no-install-recommends ca-certificates \
+    && apt-get install -y --no-install-recommends ca-certificates libssl3 \
     && rm -rf /var/lib/apt/lists/* \
     && groupadd --system --gid 10001 olps \
     && useradd --system --uid 10001 --gid olps --home-dir /home/olps --create-home \

@@ -54,7 +54,7 @@ pub async fn resolve() -> Result<Database, DbError> {
                 description: format!(
                     "embedded PostgreSQL in {} ({})",
                     cluster.data_dir.display(),
-                    cluster.url
+                    redact(&cluster.url)
                 ),
                 url: cluster.url,
                 embedded: true,
@@ -76,9 +76,8 @@ pub fn redact(url: &str) -> String {
 
 /// A connection pool for the application.
 pub async fn connect(url: &str, max_connections: u32) -> Result<PgPool, DbError> {
-    let options: PgConnectOptions = url
-        .parse()
-        .map_err(|e: sqlx::Error| DbError::BadUrl(e.to_string()))?;
+    let options: PgConnectOptions =
+        crate::pgtls::sqlx_options(url).map_err(|e| DbError::BadUrl(e.to_string()))?;
     PgPoolOptions::new()
         .max_connections(max_connections)
         .acquire_timeout(Duration::from_secs(30))

@@ -13,7 +13,12 @@
 //!   the Unix socket directory (so the cluster never touches `/var/run/postgresql`);
 //! * `data.initdb/` — where `initdb` works; renamed to `data/` only once the cluster is complete,
 //!   so an interrupted creation never leaves a half-made cluster behind;
-//! * `postgres.log` — the server log.
+//! * `postgres.log` — the server log;
+//! * `password` — the superuser's password (mode 0600, owned by the user running olps): the
+//!   cluster uses scram-sha-256 password authentication for every connection, over TCP and over
+//!   its Unix socket, so no other local account can connect without reading this file. A cluster
+//!   created by an older olps with `trust` authentication is given a password (and `pg_hba.conf`
+//!   switched to scram-sha-256) the next time olps starts it.
 //!
 //! PostgreSQL refuses to run as root. When olps runs as root, `initdb`, `pg_ctl` and the server
 //! run as the unprivileged `postgres` account instead (uid/gid set on the child processes, which
@@ -39,6 +44,10 @@ const DATA_DIR: &str = "data";
 const STAGING_DIR: &str = "data.initdb";
 const LOCK_FILE: &str = "lock";
 const LOG_FILE: &str = "postgres.log";
+/// The superuser's password, mode 0600.
+const PASSWORD_FILE: &str = "password";
+/// The password handed to initdb (`--pwfile`), readable by the service account, removed after.
+const INITDB_PASSWORD_FILE: &str = "initdb.pw";
 /// The database superuser created by initdb (`-U`), used in the connection URL.
 const SUPERUSER: &str = "postgres";
 /// The operating-system account the server runs as when olps runs as root.
@@ -59,8 +68,10 @@ pub struct EmbeddedCluster {
     pub data_dir: PathBuf,
     /// The loopback TCP port the server listens on.
     pub port: u16,
-    /// `postgres://postgres@127.0.0.1:PORT/postgres`.
+    /// `postgres://postgres:PASSWORD@127.0.0.1:PORT/postgres`.
     pub url: String,
+    /// The superuser's password (also in `<base>/password`, mode 0600).
+    pub password: String,
     /// `initdb` ran during this call.
     pub created: bool,
     /// The server was started by this call (it was not running before).
@@ -289,10 +300,16 @@ pub fn ensure_cluster(base: &Path) -> Result<EmbeddedCluster, EmbeddedError> {
         ServerState::Stopped => (ctx.start()?, true),
     };
 
+    let password = match read_password(&base)? {
+        Some(password) => password,
+        // Created by an older olps, open to every local account: close it.
+        None => ctx.require_password(port)?,
+    };
     Ok(EmbeddedCluster {
         data_dir,
         port,
-        url: format!("postgres://{SUPERUSER}@127.0.0.1:{port}/postgres"),
+        url: format!("postgres://{SUPERUSER}:{password}@127.0.0.1:{port}/postgres"),
+        password,
         created,
         started,
     })
@@ -598,6 +615,40 @@ fn output_text(out: &Output) -> String {
     text
 }
 
+/// 256 random bits as 64 hex digits (safe in a URL and in a SQL literal).
+fn generate_password() -> String {
+    use rand::RngCore;
+    let mut bytes = [0u8; 32];
+    rand::rngs::OsRng.fill_bytes(&mut bytes);
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// Writes `contents` to a new file only its owner can read (0600 from the start).
+fn write_private(path: &Path, contents: &str) -> Result<(), EmbeddedError> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let _ = fs::remove_file(path);
+    let mut file = fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io_error("create", path))?;
+    io::Write::write_all(&mut file, contents.as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(io_error("write", path))
+}
+
+/// The password in `<base>/password`; `None` when there is none (a cluster of an older olps).
+fn read_password(base: &Path) -> Result<Option<String>, EmbeddedError> {
+    let path = base.join(PASSWORD_FILE);
+    match fs::read_to_string(&path) {
+        Ok(text) if !text.trim().is_empty() => Ok(Some(text.trim().to_string())),
+        Ok(_) => Ok(None),
+        Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_error("read", &path)(e)),
+    }
+}
+
 fn free_port() -> Result<u16, EmbeddedError> {
     let listener =
         TcpListener::bind((Ipv4Addr::LOCALHOST, 0)).map_err(|source| EmbeddedError::Io {
@@ -676,16 +727,34 @@ impl Ctx {
             self.data_dir.display(),
             self.bin.display()
         );
+        // Password authentication from the start: initdb reads the password from a file only the
+        // server's account can read, removed right after.
+        let password = generate_password();
+        let pwfile = self.base.join(INITDB_PASSWORD_FILE);
+        write_private(&pwfile, &password)?;
+        chown_to(&pwfile, self.run_as.as_ref())?;
         let out = self
             .pg_command("initdb")
             .arg("-D")
             .arg(&staging)
-            .args(["-A", "trust", "-U", SUPERUSER, "-E", "UTF8", "--locale=C"])
+            .args([
+                "-A",
+                "scram-sha-256",
+                "-U",
+                SUPERUSER,
+                "-E",
+                "UTF8",
+                "--locale=C",
+            ])
+            .arg(format!("--pwfile={}", pwfile.display()))
             .output()
             .map_err(|source| {
                 let _ = fs::remove_dir_all(&staging);
+                let _ = fs::remove_file(&pwfile);
                 self.spawn_error("initdb", source)
-            })?;
+            });
+        let _ = fs::remove_file(&pwfile);
+        let out = out?;
         if !out.status.success() {
             let _ = fs::remove_dir_all(&staging);
             return Err(EmbeddedError::InitdbFailed {
@@ -716,8 +785,87 @@ impl Ctx {
             .map_err(io_error("write", &conf))?;
         drop(file);
 
+        write_private(&self.base.join(PASSWORD_FILE), &password)?;
         fs::rename(&staging, &self.data_dir).map_err(io_error("rename", &staging))?;
         Ok(())
+    }
+
+    /// Gives the superuser of a running `trust` cluster (made by an older olps) a password and
+    /// switches `pg_hba.conf` to scram-sha-256; returns the password.
+    fn require_password(&self, port: u16) -> Result<String, EmbeddedError> {
+        tracing::warn!(
+            "the embedded PostgreSQL cluster in {} accepts connections without a password \
+             (created by an older olps): setting a password (kept in {}) and requiring it",
+            self.data_dir.display(),
+            self.base.join(PASSWORD_FILE).display()
+        );
+        let password = generate_password();
+        let psql = self.bin.join("psql");
+        let mut child = self
+            .pg_command("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-p"])
+            .arg(port.to_string())
+            .args(["-U", SUPERUSER, "-d", "postgres", "-f", "-"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .map_err(|source| self.spawn_error("psql", source))?;
+        // On stdin, not the command line (which other accounts can read in /proc).
+        if let Some(mut stdin) = child.stdin.take() {
+            let sql = format!(
+                "SET password_encryption = 'scram-sha-256';\nALTER ROLE {SUPERUSER} PASSWORD '{password}';\n"
+            );
+            io::Write::write_all(&mut stdin, sql.as_bytes())
+                .map_err(io_error("write to", &psql))?;
+        }
+        let out = child
+            .wait_with_output()
+            .map_err(|source| self.spawn_error("psql", source))?;
+        if !out.status.success() {
+            return Err(EmbeddedError::StartFailed {
+                data_dir: self.data_dir.clone(),
+                log: self.log.clone(),
+                detail: format!(
+                    "could not set the superuser's password: {}",
+                    output_text(&out)
+                ),
+            });
+        }
+        let hba = self.data_dir.join("pg_hba.conf");
+        let text = fs::read_to_string(&hba).map_err(io_error("read", &hba))?;
+        let mut rewritten = String::with_capacity(text.len());
+        for line in text.lines() {
+            let code = line.split('#').next().unwrap_or("");
+            let fields: Vec<&str> = code.split_whitespace().collect();
+            if fields.last() == Some(&"trust") {
+                let at = line.rfind("trust").expect("trust is in the line");
+                rewritten.push_str(&line[..at]);
+                rewritten.push_str("scram-sha-256");
+                rewritten.push_str(&line[at + "trust".len()..]);
+            } else {
+                rewritten.push_str(line);
+            }
+            rewritten.push('\n');
+        }
+        // The password file first: if the reload below fails, the next start retries nothing
+        // but the reload, with the password the server already has.
+        write_private(&self.base.join(PASSWORD_FILE), &password)?;
+        fs::write(&hba, rewritten).map_err(io_error("write", &hba))?;
+        let out = self
+            .pg_command("pg_ctl")
+            .args(["reload", "-s", "-D"])
+            .arg(&self.data_dir)
+            .output()
+            .map_err(|source| self.spawn_error("pg_ctl", source))?;
+        if !out.status.success() {
+            return Err(EmbeddedError::StartFailed {
+                data_dir: self.data_dir.clone(),
+                log: self.log.clone(),
+                detail: format!("pg_ctl reload: {}", output_text(&out)),
+            });
+        }
+        Ok(password)
     }
 
     /// An existing data directory must be a cluster, owned by the account that runs it.

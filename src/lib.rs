@@ -15,6 +15,7 @@
 //! - the edges: [`http`] (the API, one router per area), [`cli`], [`demo`], [`bench`], with
 //!   [`runtime`] (a migrated database, the shutdown token) and [`metrics`] shared by them.
 
+pub mod auth;
 pub mod bench;
 pub mod cli;
 pub mod db;
@@ -27,6 +28,7 @@ pub mod metrics;
 pub mod models;
 pub mod monitor;
 pub mod params;
+pub mod pgtls;
 pub mod runtime;
 pub mod schema;
 pub mod serving;

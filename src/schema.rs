@@ -1,6 +1,5 @@
-//! The schema: refinery migrations embedded from `migrations/`, applied under an advisory lock.
-
-use tokio_postgres::NoTls;
+//! The schema: refinery migrations embedded from `migrations/`, applied under an advisory lock,
+//! then the least-privilege group roles and their grants (`src/roles.sql`).
 
 mod embedded_migrations {
     refinery::embed_migrations!("migrations");
@@ -10,14 +9,32 @@ mod embedded_migrations {
 /// processes migrating at once would both try to apply the same migration.
 const MIGRATION_LOCK: i64 = 0x6f6c_7073;
 
+/// The group roles `olps_writer`, `olps_worker`, `olps_service`, `olps_analyst` and their grants
+/// (idempotent; see the file).
+pub const ROLES_SQL: &str = include_str!("roles.sql");
+
+/// The group roles olps creates (NOLOGIN); a DBA makes LOGIN roles members of them.
+pub const ROLES: [&str; 4] = ["olps_writer", "olps_worker", "olps_service", "olps_analyst"];
+
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
     #[error("cannot connect to PostgreSQL to migrate: {0}")]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(#[source] crate::pgtls::ConnectError),
     #[error("migration lock: {0}")]
     Lock(#[source] tokio_postgres::Error),
     #[error("migration failed: {0}")]
     Refinery(#[from] refinery::Error),
+    #[error(
+        "the schema needs migrating, but the role olps is connected as ({user}) does not own it: \
+         run `olps migrate` as the schema's owner first ({source})"
+    )]
+    NotOwner {
+        user: String,
+        #[source]
+        source: refinery::Error,
+    },
+    #[error("applying the group roles and grants: {0}")]
+    Roles(#[source] tokio_postgres::Error),
 }
 
 /// What a migration run did.
@@ -27,11 +44,32 @@ pub struct MigrationReport {
     pub applied: Vec<String>,
     /// The latest migration version embedded in this build (and now applied).
     pub latest_version: Option<i32>,
+    /// Whether the group roles and grants were (re)applied.
+    pub roles_applied: bool,
 }
 
-/// Applies every pending migration. Idempotent; safe when several processes run it at once.
+fn latest_embedded() -> Option<i32> {
+    embedded_migrations::migrations::runner()
+        .get_migrations()
+        .iter()
+        .map(|m| m.version())
+        .max()
+}
+
+/// Applies every pending migration, then the roles and grants when a migration was applied or a
+/// group role is missing. Idempotent; safe when several processes run it at once. A role that
+/// does not own the schema (olps_service, olps_worker) passes when nothing is pending.
 pub async fn migrate(database_url: &str) -> Result<MigrationReport, MigrateError> {
-    let (mut client, connection) = tokio_postgres::connect(database_url, NoTls)
+    run(database_url, false).await
+}
+
+/// [`migrate`], always (re)applying the roles and grants: `olps migrate`.
+pub async fn migrate_and_grant(database_url: &str) -> Result<MigrationReport, MigrateError> {
+    run(database_url, true).await
+}
+
+async fn run(database_url: &str, always_grant: bool) -> Result<MigrationReport, MigrateError> {
+    let (mut client, connection) = crate::pgtls::connect_tokio_postgres(database_url)
         .await
         .map_err(MigrateError::Connect)?;
     let driver = tokio::spawn(async move {
@@ -39,6 +77,18 @@ pub async fn migrate(database_url: &str) -> Result<MigrationReport, MigrateError
             tracing::warn!(%error, "migration connection closed with an error");
         }
     });
+    let latest_version = latest_embedded();
+    // Up to date and every role there: nothing to do, and no lock or catalog write needed (so a
+    // role without rights on the schema, like olps_service, gets through).
+    if !always_grant && up_to_date(&client, latest_version).await {
+        drop(client);
+        let _ = driver.await;
+        return Ok(MigrationReport {
+            applied: Vec::new(),
+            latest_version,
+            roles_applied: false,
+        });
+    }
     // Session-level lock: released explicitly below, or by the server when the connection drops.
     client
         .execute("SELECT pg_advisory_lock($1)", &[&MIGRATION_LOCK])
@@ -48,24 +98,85 @@ pub async fn migrate(database_url: &str) -> Result<MigrationReport, MigrateError
         .set_grouped(false)
         .run_async(&mut client)
         .await;
+    let grant = match &outcome {
+        Ok(report) => {
+            always_grant || !report.applied_migrations().is_empty() || !roles_exist(&client).await
+        }
+        Err(_) => false,
+    };
+    let roles = if grant {
+        client.batch_execute(ROLES_SQL).await
+    } else {
+        Ok(())
+    };
+    let roles_applied = grant;
+    let user: String = match client.query_one("SELECT current_user::text", &[]).await {
+        Ok(row) => row.get(0),
+        Err(_) => "?".into(),
+    };
     let _ = client
         .execute("SELECT pg_advisory_unlock($1)", &[&MIGRATION_LOCK])
         .await;
     drop(client);
     let _ = driver.await;
-    let report = outcome?;
+    let report = match outcome {
+        Ok(report) => report,
+        Err(source) if is_permission_error(&source) => {
+            return Err(MigrateError::NotOwner { user, source })
+        }
+        Err(e) => return Err(e.into()),
+    };
+    roles.map_err(MigrateError::Roles)?;
     let applied = report
         .applied_migrations()
         .iter()
         .map(|m| format!("V{}__{}", m.version(), m.name()))
         .collect();
-    let latest_version = embedded_migrations::migrations::runner()
-        .get_migrations()
-        .iter()
-        .map(|m| m.version())
-        .max();
     Ok(MigrationReport {
         applied,
         latest_version,
+        roles_applied,
     })
+}
+
+fn is_permission_error(e: &refinery::Error) -> bool {
+    let text = e.to_string();
+    text.contains("permission denied") || text.contains("must be owner")
+}
+
+async fn roles_exist(client: &tokio_postgres::Client) -> bool {
+    let names: Vec<String> = ROLES.iter().map(|r| r.to_string()).collect();
+    match client
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname = ANY($1)",
+            &[&names],
+        )
+        .await
+    {
+        Ok(row) => row.get::<_, i64>(0) == ROLES.len() as i64,
+        Err(_) => false,
+    }
+}
+
+/// Every embedded migration is recorded as applied and the group roles exist.
+async fn up_to_date(client: &tokio_postgres::Client, latest: Option<i32>) -> bool {
+    let Some(latest) = latest else {
+        return true;
+    };
+    let exists = client
+        .query_one(
+            "SELECT to_regclass('refinery_schema_history') IS NOT NULL",
+            &[],
+        )
+        .await
+        .is_ok_and(|row| row.get::<_, bool>(0));
+    if !exists {
+        return false;
+    }
+    let applied: Option<i32> = client
+        .query_one("SELECT max(version) FROM refinery_schema_history", &[])
+        .await
+        .ok()
+        .and_then(|row| row.get(0));
+    applied.is_some_and(|v| v >= latest) && roles_exist(client).await
 }

@@ -12,6 +12,8 @@ pub struct Conn {
     stream: TcpStream,
     host: String,
     buf: Vec<u8>,
+    /// Extra header lines sent with every request (`Authorization: Bearer …\r\n`).
+    extra: String,
 }
 
 /// A response: status and body.
@@ -32,19 +34,32 @@ impl Conn {
             stream,
             host: addr.to_string(),
             buf: Vec::with_capacity(64 * 1024),
+            extra: String::new(),
         })
     }
 
+    /// Sends `Authorization: Bearer <secret>` with every request (none when `None`).
+    pub fn with_bearer(mut self, secret: Option<&str>) -> Conn {
+        self.extra = secret
+            .map(|s| format!("Authorization: Bearer {s}\r\n"))
+            .unwrap_or_default();
+        self
+    }
+
     pub async fn get(&mut self, path: &str) -> anyhow::Result<Response> {
-        let head = format!("GET {path} HTTP/1.1\r\nHost: {}\r\n\r\n", self.host);
+        let head = format!(
+            "GET {path} HTTP/1.1\r\nHost: {}\r\n{}\r\n",
+            self.host, self.extra
+        );
         self.stream.write_all(head.as_bytes()).await?;
         self.read_response().await
     }
 
     pub async fn post_json(&mut self, path: &str, body: &[u8]) -> anyhow::Result<Response> {
         let head = format!(
-            "POST {path} HTTP/1.1\r\nHost: {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n",
+            "POST {path} HTTP/1.1\r\nHost: {}\r\n{}Content-Type: application/json\r\nContent-Length: {}\r\n\r\n",
             self.host,
+            self.extra,
             body.len()
         );
         if body.len() < 16 * 1024 {

@@ -608,6 +608,8 @@ async fn memory_case_on(ctx: &Ctx, model: Uuid, n: u64) -> anyhow::Result<Memory
             addr.to_string(),
             "--pool-size".into(),
             (conns + 2).to_string(),
+            // Loopback, and measuring memory: no tokens.
+            "--no-auth".into(),
         ],
         &ctx.url,
     )?;

@@ -35,7 +35,9 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     let shutdown = CancellationToken::new();
     let server = tokio::spawn(http::serve(
         listener,
-        AppState::new(service_pool.clone()),
+        // Ingest is measured without tokens (`olps bench predict` measures what they cost).
+        AppState::new(service_pool.clone())
+            .with_access(crate::http::access::AccessConfig::no_auth()),
         shutdown.clone(),
     ));
 

@@ -10,6 +10,7 @@ use sqlx::PgPool;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
 
+use crate::auth::audit;
 use crate::db::{self, Database};
 use crate::http::{self, AppState};
 use crate::learner::{LearnerConfig, LrSchedule, ModelKind, OptimizerKind};
@@ -18,7 +19,9 @@ use crate::runtime;
 use crate::schema;
 use crate::worker::{Worker, WorkerConfig};
 
+mod access;
 mod timeline;
+pub use access::{AccessArgs, TokenCommand};
 pub use timeline::{
     HistoryArgs, HistoryCommand, OutputFormat, ParamsArgs, RollbackArgs, SnapshotCommand,
 };
@@ -61,6 +64,9 @@ pub enum Command {
     History(HistoryArgs),
     /// Benchmarks, each figure next to a bare-PostgreSQL baseline measured in the same run.
     Bench(crate::bench::BenchArgs),
+    /// Create, list and revoke API tokens (bearer secrets for the HTTP API).
+    #[command(subcommand)]
+    Token(TokenCommand),
 }
 
 #[derive(Debug, Args)]
@@ -75,6 +81,8 @@ pub struct ServeArgs {
     /// (0: none). A statement cancelled by it is answered 503 `statement_timeout`.
     #[arg(long, env = "OLPS_STATEMENT_TIMEOUT_MS", default_value_t = http::DEFAULT_STATEMENT_TIMEOUT.as_millis() as u64)]
     pub statement_timeout_ms: u64,
+    #[command(flatten)]
+    pub access: AccessArgs,
 }
 
 impl ServeArgs {
@@ -284,7 +292,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Migrate => {
             let database = db::resolve().await?;
             eprintln!("olps: using {}", database.description);
-            let report = schema::migrate(&database.url).await?;
+            let report = schema::migrate_and_grant(&database.url).await?;
             if report.applied.is_empty() {
                 println!(
                     "schema up to date (migration V{})",
@@ -298,6 +306,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Serve(args) => {
+            args.access.check_listen(&args.listen)?;
             let (_, base) = open(1).await?;
             let pool = args.service_pool(&base);
             base.close().await;
@@ -306,7 +315,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
                 .with_context(|| format!("cannot listen on {}", args.listen))?;
             let shutdown = runtime::shutdown_token();
             tracing::info!(addr = %listener.local_addr()?, "serving");
-            http::serve(listener, AppState::new(pool), shutdown).await?;
+            let state = AppState::new(pool).with_access(args.access.config());
+            http::serve(listener, state, shutdown).await?;
             tracing::info!("stopped");
             Ok(())
         }
@@ -324,6 +334,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Up(args) => {
+            args.serve.access.check_listen(&args.serve.listen)?;
             // The worker's statements (whole batches) are not bound by the service's timeout.
             let (_, pool) = open(4).await?;
             let service_pool = args.serve.service_pool(&pool);
@@ -337,7 +348,8 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             let mut worker = Worker::new(pool.clone(), config);
             let worker_shutdown = shutdown.clone();
             let worker = tokio::spawn(async move { worker.run(worker_shutdown).await });
-            let served = http::serve(listener, AppState::new(service_pool), shutdown.clone()).await;
+            let state = AppState::new(service_pool).with_access(args.serve.access.config());
+            let served = http::serve(listener, state, shutdown.clone()).await;
             shutdown.cancel();
             worker.await??;
             served?;
@@ -358,6 +370,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Params(args) => timeline::run_params(args).await,
         Command::History(args) => timeline::run_history(args).await,
         Command::Bench(args) => crate::bench::run(args).await.map(|_| ()),
+        Command::Token(command) => access::run_token(command).await,
     }
 }
 
@@ -379,6 +392,16 @@ async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
             };
 
             let model = models::create(&pool, &new).await?;
+            audit::record_cli(
+                &pool,
+                audit::Entry {
+                    action: "model.create".into(),
+                    model_id: Some(model.model_id),
+                    target: Some(model.name.clone()),
+                    ..Default::default()
+                },
+            )
+            .await;
             println!(
                 "created {} model '{}' (optimizer {}, learning rate {})",
                 model.kind, model.name, model.settings.optimizer, model.settings.learning_rate
@@ -428,6 +451,17 @@ async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
             let mut tx = pool.begin().await?;
             let removed = models::delete(&mut tx, model.model_id).await?;
             tx.commit().await?;
+            audit::record_cli(
+                &pool,
+                audit::Entry {
+                    action: "model.delete".into(),
+                    model_id: Some(model.model_id),
+                    target: Some(model.name.clone()),
+                    details: Some(serde_json::json!({ "rows_removed": removed })),
+                    ..Default::default()
+                },
+            )
+            .await;
             let rows: u64 = removed.iter().map(|r| r.1).sum();
             println!(
                 "deleted model '{}' ({}) and {rows} rows",
@@ -436,7 +470,19 @@ async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
         }
         ModelCommand::Resume { model } => {
             let model = models::find(&pool, &model).await?;
-            if crate::monitor::resume(&pool, model.model_id).await? {
+            let resumed = crate::monitor::resume(&pool, model.model_id).await?;
+            audit::record_cli(
+                &pool,
+                audit::Entry {
+                    action: "model.resume".into(),
+                    model_id: Some(model.model_id),
+                    target: Some(model.name.clone()),
+                    details: Some(serde_json::json!({ "resumed": resumed })),
+                    ..Default::default()
+                },
+            )
+            .await;
+            if resumed {
                 println!(
                     "model '{}' resumed: the worker applies its pending feedback again",
                     model.name

@@ -5,6 +5,7 @@ use clap::{Args, Subcommand, ValueEnum};
 use sqlx::PgPool;
 use uuid::Uuid;
 
+use crate::auth::{audit, Principal};
 use crate::models;
 use crate::timeline::history::{self, HistoryFilter, UpdateRow};
 use crate::timeline::reconstruct::{self, At, ParametersAt};
@@ -165,6 +166,17 @@ pub async fn run_snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
             let mut tx = pool.begin().await?;
             let s = snapshots::create(&mut tx, model_id, label.as_deref()).await?;
             tx.commit().await?;
+            audit::record_cli(
+                &pool,
+                audit::Entry {
+                    action: "snapshot.create".into(),
+                    model_id: Some(model_id),
+                    target: Some(model.clone()),
+                    details: serde_json::to_value(&s).ok(),
+                    ..Default::default()
+                },
+            )
+            .await;
             println!(
                 "snapshot of model {} at version {}{}: {} parameters",
                 s.model_id,
@@ -189,6 +201,17 @@ pub async fn run_snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
             let mut tx = pool.begin().await?;
             let s = snapshots::delete(&mut tx, model_id, &snapshot).await?;
             tx.commit().await?;
+            audit::record_cli(
+                &pool,
+                audit::Entry {
+                    action: "snapshot.delete".into(),
+                    model_id: Some(model_id),
+                    target: Some(snapshot.clone()),
+                    details: serde_json::to_value(&s).ok(),
+                    ..Default::default()
+                },
+            )
+            .await;
             println!(
                 "deleted snapshot {} (version {}, {} parameters)",
                 s.snapshot_id, s.model_version, s.parameter_count
@@ -217,6 +240,19 @@ pub async fn run_snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
             } else {
                 current
             };
+            if off || every_versions.is_some() || every_minutes.is_some() || keep.is_some() {
+                audit::record_cli(
+                    &pool,
+                    audit::Entry {
+                        action: "snapshot-policy.set".into(),
+                        model_id: Some(model_id),
+                        target: Some(model.clone()),
+                        details: serde_json::to_value(&policy).ok(),
+                        ..Default::default()
+                    },
+                )
+                .await;
+            }
             let show = |v: Option<i32>| v.map_or("off".to_string(), |v| v.to_string());
             println!(
                 "automatic snapshots of {model_id}: every_versions {}, every_minutes {}, keep {}",
@@ -271,8 +307,20 @@ pub async fn run_rollback(args: RollbackArgs) -> anyhow::Result<()> {
     let pool = open().await?;
     let model_id = resolve(&pool, &args.model).await?;
     let mut tx = pool.begin().await?;
-    let outcome = rollback::rollback(&mut tx, model_id, &target).await?;
+    let source = Principal::cli().rollback_source();
+    let outcome = rollback::rollback_by(&mut tx, model_id, &target, &source).await?;
     tx.commit().await?;
+    audit::record_cli(
+        &pool,
+        audit::Entry {
+            action: "rollback".into(),
+            model_id: Some(model_id),
+            target: Some(args.model.clone()),
+            details: serde_json::to_value(&outcome).ok(),
+            ..Default::default()
+        },
+    )
+    .await;
     if args.format == OutputFormat::Json {
         println!("{}", serde_json::to_string_pretty(&outcome)?);
         return Ok(());

@@ -300,6 +300,9 @@ pub async fn run(args: DemoArgs, database: &Database) -> anyhow::Result<DemoRepo
         AppState::new(pool.clone()),
         shutdown.clone(),
     ));
+    // The service requires tokens, as it does in production: the demo makes its own (predict, read
+    // and write on its model), and revokes it at the end unless --keep.
+    let token = demo_token(&pool, model_id).await?;
     let mut worker = Worker::new(
         pool.clone(),
         WorkerConfig {
@@ -311,8 +314,15 @@ pub async fn run(args: DemoArgs, database: &Database) -> anyhow::Result<DemoRepo
     );
     let worker_shutdown = shutdown.clone();
     let worker_task = tokio::spawn(async move { worker.run(worker_shutdown).await });
+    let mut headers = reqwest::header::HeaderMap::new();
+    headers.insert(
+        reqwest::header::AUTHORIZATION,
+        reqwest::header::HeaderValue::from_str(&format!("Bearer {}", token.secret))?,
+    );
     let demo = Demo {
-        client: reqwest::Client::new(),
+        client: reqwest::Client::builder()
+            .default_headers(headers)
+            .build()?,
         base: format!("http://{addr}"),
         pool: pool.clone(),
         model_id,
@@ -531,12 +541,44 @@ pub async fn run(args: DemoArgs, database: &Database) -> anyhow::Result<DemoRepo
     if args.keep {
         println!("{}", report.text);
         println!("The service keeps running at http://{addr} with a worker; Ctrl-C stops both.");
+        println!(
+            "Its API needs a token; the demo's (predict, read and write on {MODEL_NAME}, revoked when \
+             the demo stops) is:\n  curl -H 'Authorization: Bearer {}' http://{addr}/v1/models",
+            token.secret
+        );
         crate::runtime::shutdown_token().cancelled().await;
     }
+    crate::auth::tokens::revoke(
+        &pool,
+        &token.info.token_id.to_string(),
+        &crate::auth::Principal::cli(),
+    )
+    .await?;
     shutdown.cancel();
     let _ = server.await;
     worker_task.await??;
     Ok(report)
+}
+
+/// The demo's API token: predict and read on its model only. A token of the same name left in
+/// force by an interrupted run is revoked first.
+async fn demo_token(
+    pool: &PgPool,
+    model_id: Uuid,
+) -> anyhow::Result<crate::auth::tokens::CreatedToken> {
+    use crate::auth::{tokens, Principal, Scope, Scopes};
+    const TOKEN_NAME: &str = "olps-demo";
+    match tokens::revoke(pool, TOKEN_NAME, &Principal::cli()).await {
+        Ok(_) | Err(tokens::TokenError::NotFound(_)) => {}
+        Err(e) => return Err(e.into()),
+    }
+    let new = tokens::NewToken {
+        name: TOKEN_NAME.into(),
+        scopes: Scopes::from_list(&[Scope::Predict, Scope::Read, Scope::Write]),
+        models: vec![model_id.to_string()],
+        expires_in: None,
+    };
+    Ok(tokens::create(pool, &new, &Principal::cli()).await?)
 }
 
 fn render(r: &DemoReport, database: &Database) -> String {

@@ -1,5 +1,6 @@
 //! The HTTP API (JSON under /v1): one router per area, merged here.
 
+pub mod access;
 mod error;
 mod feedback;
 mod models;
@@ -11,6 +12,7 @@ mod pool;
 pub mod predict;
 pub mod retry;
 mod timeline;
+mod tokens;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -49,6 +51,8 @@ pub struct AppState {
     pub serving: Arc<Serving>,
     /// Requests running longer are cancelled and answered 503 `timeout`.
     pub request_timeout: Duration,
+    /// Who may call which route (bearer tokens, or `--no-auth`), see [`access`].
+    pub access: Arc<access::Access>,
 }
 
 impl AppState {
@@ -59,9 +63,19 @@ impl AppState {
     pub fn with_serving(pool: PgPool, config: ServingConfig) -> AppState {
         AppState {
             serving: Serving::start(pool.clone(), config),
+            access: Arc::new(access::Access::new(
+                pool.clone(),
+                access::AccessConfig::default(),
+            )),
             pool,
             request_timeout: observe::REQUEST_TIMEOUT,
         }
+    }
+
+    /// The same state with other access settings (tokens are required by default).
+    pub fn with_access(mut self, config: access::AccessConfig) -> AppState {
+        self.access = Arc::new(access::Access::new(self.pool.clone(), config));
+        self
     }
 }
 
@@ -70,7 +84,7 @@ impl AppState {
 /// `#[utoipa::path(...)]`), which serves the route and adds it to the OpenAPI document in one
 /// step; merge the area here.
 pub fn api() -> OpenApiRouter<AppState> {
-    OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+    let mut api = OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(routes!(healthz))
         .merge(models::router())
         .merge(feedback::router())
@@ -78,12 +92,22 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(timeline::router())
         .merge(monitor::router())
         .merge(openapi::router())
+        .merge(tokens::router());
+    // The bearer scheme, and 401/403 on every operation that needs a token.
+    access::document(api.get_openapi_mut());
+    api
 }
 
 pub fn router(state: AppState) -> Router {
     let timeout = state.request_timeout;
     let (documented, _) = api().split_for_parts();
     documented
+        // Bearer tokens on every route that needs one (access::ROUTES); after routing, so the
+        // route's template and parameters are known and unknown paths stay 404.
+        .route_layer(axum::middleware::from_fn_with_state(
+            state.clone(),
+            access::guard,
+        ))
         // Plain axum routers: served but NOT in the OpenAPI document until converted to
         // `OpenApiRouter` + `routes!` and merged into `api()` (tests/it/serving.rs fails on them).
         .fallback(not_found)
@@ -108,6 +132,7 @@ pub async fn serve(
     state: AppState,
     shutdown: CancellationToken,
 ) -> std::io::Result<()> {
+    access::check_listener(&listener, &state.access.config)?;
     let serving = state.serving.clone();
     let app = router(state);
     let served = axum::serve(

@@ -63,8 +63,15 @@ async fn create(
     tag = "models",
     responses((status = 200, description = "The models", body = ModelListDoc))
 )]
-async fn list(State(state): State<AppState>) -> Result<Json<serde_json::Value>, ApiError> {
-    let models = models::list(&state.pool).await?;
+async fn list(
+    State(state): State<AppState>,
+    principal: Option<axum::Extension<std::sync::Arc<crate::auth::Principal>>>,
+) -> Result<Json<serde_json::Value>, ApiError> {
+    let mut models = models::list(&state.pool).await?;
+    // A token limited to some models lists only those.
+    if let Some(axum::Extension(p)) = principal {
+        models.retain(|m| p.sees_model(m.model_id));
+    }
     Ok(Json(serde_json::json!({ "models": models })))
 }
 

@@ -440,6 +440,7 @@ struct RollbackRequest {
 )]
 async fn rollback(
     State(state): State<AppState>,
+    principal: Option<axum::Extension<std::sync::Arc<crate::auth::Principal>>>,
     Path(model): Path<String>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<RollbackOutcome>, ApiError> {
@@ -461,10 +462,15 @@ async fn rollback(
         }
     };
     let model_id = models::resolve_id(&state.pool, &model).await?;
-    let (pool, target) = (&state.pool, &target);
+    // The version's `source` names who rolled back (the token).
+    let source = principal.map_or_else(
+        || crate::auth::Principal::no_auth().rollback_source(),
+        |axum::Extension(p)| p.rollback_source(),
+    );
+    let (pool, target, source) = (&state.pool, &target, &source);
     let outcome = retry::transient("rollback", || async move {
         let mut tx = pool.begin().await?;
-        let outcome = rollback::rollback(&mut tx, model_id, target).await?;
+        let outcome = rollback::rollback_by(&mut tx, model_id, target, source).await?;
         tx.commit().await?;
         Ok::<_, TimelineError>(outcome)
     })

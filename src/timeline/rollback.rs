@@ -72,12 +72,33 @@ pub async fn rollback(
     rollback_with(tx, model_id, target, RollbackPlan::Auto).await
 }
 
+/// [`rollback`], naming who rolled back in the version's `source` (and its history rows'), e.g.
+/// `rollback by token NAME (UUID)`.
+pub async fn rollback_by(
+    tx: &mut PgConnection,
+    model_id: Uuid,
+    target: &RollbackTarget,
+    source: &str,
+) -> Result<RollbackOutcome, TimelineError> {
+    rollback_as(tx, model_id, target, RollbackPlan::Auto, source).await
+}
+
 /// [`rollback`] with a chosen plan (tests compare them).
 pub async fn rollback_with(
     tx: &mut PgConnection,
     model_id: Uuid,
     target: &RollbackTarget,
     plan: RollbackPlan,
+) -> Result<RollbackOutcome, TimelineError> {
+    rollback_as(tx, model_id, target, plan, ROLLBACK_SOURCE).await
+}
+
+async fn rollback_as(
+    tx: &mut PgConnection,
+    model_id: Uuid,
+    target: &RollbackTarget,
+    plan: RollbackPlan,
+    source: &str,
 ) -> Result<RollbackOutcome, TimelineError> {
     if let RollbackTarget::Version(v) = target {
         if *v < 0 {
@@ -180,7 +201,7 @@ pub async fn rollback_with(
     .bind(base.version)
     .bind(base.snapshot_id)
     .bind(version)
-    .bind(ROLLBACK_SOURCE)
+    .bind(source)
     .bind(&metadata)
     .fetch_one(&mut *tx)
     .await?;
@@ -188,7 +209,7 @@ pub async fn rollback_with(
         kind: UpdateType::Rollback,
         parameters_changed: changed as i32,
         rolled_back_to: Some(to),
-        source: Some(ROLLBACK_SOURCE.to_string()),
+        source: Some(source.to_string()),
         learner_state: learner_state.or_else(|| Some(serde_json::json!({}))),
         ..VersionRecord::default()
     };

@@ -82,8 +82,12 @@ async fn embedded_default_database_end_to_end() {
         let owner = fs::metadata(&data_dir).unwrap().uid();
         assert_ne!(owner, 0, "the data directory must not belong to root");
     }
-    let url = embedded_url(&err)
+    let shown = embedded_url(&err)
         .unwrap_or_else(|| panic!("no URL in the output; {}", describe(&args, &out)));
+    // The output hides the password; it is in .olps/password (mode 0600).
+    assert!(shown.contains(":***@"), "the password is shown: {shown}");
+    let password = fs::read_to_string(work.base.join("password")).unwrap();
+    let url = shown.replace(":***@", &format!(":{}@", password.trim()));
     let mut conn = sqlx::PgConnection::connect(&url)
         .await
         .unwrap_or_else(|e| panic!("cannot connect to {url}: {e}"));
@@ -103,7 +107,7 @@ async fn embedded_default_database_end_to_end() {
     );
     assert_eq!(
         embedded_url(&stderr(&out)).as_deref(),
-        Some(url.as_str()),
+        Some(shown.as_str()),
         "the second migrate did not reuse the cluster; {}",
         describe(&args, &out)
     );
@@ -301,7 +305,8 @@ async fn start_server(url: &str, client: &reqwest::Client) -> (Server, String) {
         let addr = format!("127.0.0.1:{}", free_port());
         let log = std::env::temp_dir().join(format!("{}.log", unique_name("olps-cli-serve")));
         let child_stderr = fs::File::create(&log).unwrap();
-        let child = olps_command(None, Some(url), &["serve", "--listen", &addr])
+        // Loopback: without tokens (tests/it/access.rs runs `olps serve` with them).
+        let child = olps_command(None, Some(url), &["serve", "--listen", &addr, "--no-auth"])
             .stdout(Stdio::null())
             .stderr(Stdio::from(child_stderr))
             .spawn()

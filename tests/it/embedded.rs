@@ -16,20 +16,27 @@ use olps::embedded::{
 
 use crate::common::{running_as_root, TempCluster};
 
-/// `psql -Atc 'select 1'` over TCP; the trimmed output.
-fn psql_select_1(port: u16) -> String {
+/// `psql -Atc 'select 1'` over TCP with `password` (none: without one); psql's output.
+fn psql(port: u16, password: Option<&str>) -> std::process::Output {
     let psql = ["/usr/bin/psql", "psql"]
         .into_iter()
         .find(|p| !p.starts_with('/') || Path::new(p).exists())
         .unwrap();
-    let out = Command::new(psql)
+    Command::new(psql)
         .args(["-X", "-h", "127.0.0.1", "-p", &port.to_string()])
         .args(["-U", "postgres", "-d", "postgres", "-Atc", "select 1"])
         .env("PGCONNECT_TIMEOUT", "10")
         .env_remove("PGPASSWORD")
         .env_remove("PGSERVICE")
+        .env("PGPASSFILE", "/nonexistent")
+        .envs(password.map(|p| ("PGPASSWORD", p)))
         .output()
-        .expect("run psql");
+        .expect("run psql")
+}
+
+/// `psql -Atc 'select 1'` over TCP with the cluster's password; the trimmed output.
+fn psql_select_1(cluster: &EmbeddedCluster) -> String {
+    let out = psql(cluster.port, Some(&cluster.password));
     assert!(
         out.status.success(),
         "psql failed: {}{}",
@@ -42,13 +49,16 @@ fn psql_select_1(port: u16) -> String {
 fn assert_serves(cluster: &EmbeddedCluster) {
     assert_eq!(
         cluster.url,
-        format!("postgres://postgres@127.0.0.1:{}/postgres", cluster.port)
+        format!(
+            "postgres://postgres:{}@127.0.0.1:{}/postgres",
+            cluster.password, cluster.port
+        )
     );
     assert_ne!(
         cluster.port, 5432,
         "must not collide with the system server"
     );
-    assert_eq!(psql_select_1(cluster.port), "1");
+    assert_eq!(psql_select_1(cluster), "1");
 }
 
 fn postmaster_pid(data_dir: &Path) -> u32 {
@@ -267,4 +277,65 @@ fn help_says_how_to_get_a_database() {
     assert!(help.contains("apt-get install postgresql"), "{help}");
     let err = EmbeddedError::NoBinaries { searched: vec![] };
     assert_eq!(err.to_string(), help);
+}
+
+#[test]
+fn the_cluster_refuses_connections_without_its_password() {
+    let tmp = TempCluster::new("olps-embedded-password");
+    let cluster = ensure(&tmp.base);
+    assert_serves(&cluster);
+    // The secret: 256 bits, in a file only its owner can read.
+    assert_eq!(cluster.password.len(), 64);
+    let file = tmp.base.join("password");
+    assert_eq!(fs::read_to_string(&file).unwrap().trim(), cluster.password);
+    let meta = fs::metadata(&file).unwrap();
+    assert_eq!(meta.permissions().mode() & 0o777, 0o600);
+    // Without it, or with a wrong one: refused, over TCP and over the Unix socket.
+    let out = psql(cluster.port, None);
+    assert!(!out.status.success(), "connected without a password");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("password") && !err.contains("does not exist"),
+        "refused for another reason: {err}"
+    );
+    let out = psql(cluster.port, Some("not-the-password"));
+    assert!(!out.status.success(), "connected with a wrong password");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("password authentication failed"));
+    let hba = fs::read_to_string(cluster.data_dir.join("pg_hba.conf")).unwrap();
+    let methods: Vec<&str> = hba
+        .lines()
+        .map(|l| l.split('#').next().unwrap().trim())
+        .filter(|l| !l.is_empty())
+        .map(|l| l.split_whitespace().last().unwrap())
+        .collect();
+    assert!(
+        !methods.is_empty() && methods.iter().all(|m| *m == "scram-sha-256"),
+        "{methods:?}"
+    );
+}
+
+#[test]
+fn a_cluster_made_without_a_password_gets_one() {
+    // An older olps made clusters with `trust`: simulate one (pg_hba back to trust, no password
+    // file), and let ensure_cluster close it.
+    let tmp = TempCluster::new("olps-embedded-upgrade");
+    let cluster = ensure(&tmp.base);
+    let hba = cluster.data_dir.join("pg_hba.conf");
+    let text = fs::read_to_string(&hba)
+        .unwrap()
+        .replace("scram-sha-256", "trust");
+    fs::write(&hba, text).unwrap();
+    fs::remove_file(tmp.base.join("password")).unwrap();
+    stop_cluster(&tmp.base).unwrap();
+    // Started again: it was open, and is closed now with a new password.
+    let upgraded = ensure(&tmp.base);
+    assert_ne!(upgraded.password, cluster.password);
+    assert_serves(&upgraded);
+    assert!(!psql(upgraded.port, None).status.success(), "still open");
+    assert!(!psql(upgraded.port, Some(&cluster.password))
+        .status
+        .success());
+    // And again: nothing more to do.
+    let again = ensure(&tmp.base);
+    assert_eq!(again.password, upgraded.password);
 }

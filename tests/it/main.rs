@@ -10,6 +10,7 @@
 
 mod common;
 
+mod access;
 mod api;
 mod bench_smoke;
 mod cli;
@@ -21,9 +22,11 @@ mod idempotent_ingest;
 mod isolation;
 mod learner;
 mod module_graph;
+mod roles;
 mod schema;
 mod serving;
 mod sql;
+mod tls;
 mod validation;
 mod versions;
 mod worker;

@@ -763,9 +763,10 @@ async fn a_request_over_the_timeout_is_answered_503_in_the_error_shape() {
     // A body that never arrives keeps the handler waiting past the timeout.
     let addr = service.base.trim_start_matches("http://").to_string();
     let mut stream = tokio::net::TcpStream::connect(&addr).await.unwrap();
+    let token = service.token.clone().unwrap();
     stream
         .write_all(
-            b"POST /v1/models/m/predict HTTP/1.1\r\nhost: x\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{\"feat",
+            format!("POST /v1/models/m/predict HTTP/1.1\r\nhost: x\r\nauthorization: Bearer {token}\r\ncontent-type: application/json\r\ncontent-length: 100\r\n\r\n{{\"feat").as_bytes(),
         )
         .await
         .unwrap();

@@ -117,7 +117,8 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0)
 }
 
-const FILES: [&str; 8] = [
+const FILES: [&str; 9] = [
+    "audit_trail.sql",
     "dead_letters.sql",
     "parameter_history.sql",
     "parameters_at.sql",
@@ -487,4 +488,105 @@ async fn every_query_in_sql_returns_the_expected_rows() {
         .await
         .unwrap();
     assert_eq!(now.parameters.len(), recorded[&12].len());
+}
+
+#[tokio::test]
+async fn audit_trail_lists_who_changed_what() {
+    // audit_trail.sql (in FILES above): a rollback and a snapshot over HTTP by a token, a revoked
+    // token, and a command-line rollback.
+    let db = TestDb::new().await;
+    let pool = &db.pool;
+    let model = create_model(pool, "audited", ModelKind::Linear, LearnerConfig::default()).await;
+    insert_stream(pool, model.model_id, &sparse_stream(30, 2, 5, false, 3)).await;
+    drain(pool, 10).await; // versions 1..=3
+    let service = Service::start(pool, olps::serving::ServingConfig::default()).await;
+    let (status, body) = service
+        .post(
+            "/v1/models/audited/rollback",
+            &serde_json::json!({"to_version": 1}),
+        )
+        .await;
+    assert_eq!(status, 200, "{body}");
+    let http_version = body["version"].as_i64().unwrap();
+    let (status, _) = service
+        .post(
+            "/v1/models/audited/snapshots",
+            &serde_json::json!({"label": "after"}),
+        )
+        .await;
+    assert_eq!(status, 201);
+    let cli = Cli::new(&db.url);
+    let out = cli.ok("rollback --model audited --to-version 2").await;
+    let cli_version: i64 = out.lines().last().unwrap().trim().parse().unwrap();
+    let token_name: String =
+        sqlx::query_scalar("SELECT name FROM api_tokens ORDER BY created_at LIMIT 1")
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    cli.ok(&format!("token revoke {token_name}")).await;
+
+    let rows = run_sql(&db.url, "audit_trail.sql", &[]).await;
+    let got: Vec<(String, String, String, String, String)> = rows
+        .iter()
+        .map(|r| {
+            (
+                r["action"].clone(),
+                r["actor"].clone(),
+                r["token_name"].clone(),
+                r["token_status"].clone(),
+                r["new_version"].clone(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        got,
+        [
+            (
+                "token.revoke".into(),
+                "cli".into(),
+                "".into(),
+                "".into(),
+                "".into()
+            ),
+            (
+                "rollback".into(),
+                "cli".into(),
+                "".into(),
+                "".into(),
+                cli_version.to_string()
+            ),
+            (
+                "snapshot.create".into(),
+                "token".into(),
+                token_name.clone(),
+                "revoked".into(),
+                "".into()
+            ),
+            (
+                "rollback".into(),
+                "token".into(),
+                token_name.clone(),
+                "revoked".into(),
+                http_version.to_string()
+            ),
+        ]
+    );
+    assert_eq!(rows[3]["model_name"], "audited");
+    assert_eq!(rows[3]["http_status"], "200");
+    assert_eq!(rows[3]["route"], "/v1/models/{model}/rollback");
+    assert!(
+        rows[3]["version_source"].starts_with(&format!("rollback by token {token_name} (")),
+        "{:?}",
+        rows[3]
+    );
+    assert!(
+        rows[1]["version_source"].starts_with("rollback by cli ("),
+        "{:?}",
+        rows[1]
+    );
+    let count: i64 = sqlx::query_scalar("SELECT count(*) FROM audit_log")
+        .fetch_one(pool)
+        .await
+        .unwrap();
+    assert_eq!(count as usize, rows.len());
 }

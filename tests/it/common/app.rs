@@ -10,10 +10,15 @@ use tokio_util::sync::CancellationToken;
 
 use super::TestDb;
 
-/// A service on port 0, whose shutdown can be awaited; it is cancelled when dropped.
+/// A service on port 0, whose shutdown can be awaited; it is cancelled when dropped. Tokens are
+/// on, as in production: `client` sends an admin token for every model (`token`) with each
+/// request, so a test sees the same answers as before tokens existed; `tests/it/access.rs`
+/// covers the answers without one.
 pub struct Service {
     pub base: String,
     pub client: reqwest::Client,
+    /// The admin token `client` sends (None when the state was built with --no-auth).
+    pub token: Option<String>,
     shutdown: CancellationToken,
     handle: Option<tokio::task::JoinHandle<std::io::Result<()>>>,
 }
@@ -25,13 +30,29 @@ impl Service {
     }
 
     pub async fn start_with(state: AppState) -> Service {
+        let token = if state.access.config.require_tokens {
+            Some(admin_token(&state.pool).await)
+        } else {
+            None
+        };
+        let mut headers = reqwest::header::HeaderMap::new();
+        if let Some(secret) = &token {
+            headers.insert(
+                reqwest::header::AUTHORIZATION,
+                format!("Bearer {secret}").parse().unwrap(),
+            );
+        }
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let base = format!("http://{}", listener.local_addr().unwrap());
         let shutdown = CancellationToken::new();
         let handle = tokio::spawn(olps::http::serve(listener, state, shutdown.clone()));
         Service {
             base,
-            client: reqwest::Client::new(),
+            token,
+            client: reqwest::Client::builder()
+                .default_headers(headers)
+                .build()
+                .unwrap(),
             shutdown,
             handle: Some(handle),
         }
@@ -111,6 +132,25 @@ impl Drop for Service {
     fn drop(&mut self) {
         self.shutdown.cancel();
     }
+}
+
+/// A new admin token for every model in the database of `pool`; its secret.
+pub async fn admin_token(pool: &PgPool) -> String {
+    token_with(pool, &["admin"], &[]).await
+}
+
+/// A new token with these scopes, limited to these models (none: every model); its secret.
+pub async fn token_with(pool: &PgPool, scopes: &[&str], models: &[&str]) -> String {
+    let new = olps::auth::tokens::NewToken {
+        name: super::unique_name("test-token"),
+        scopes: olps::auth::Scopes::parse(scopes).unwrap(),
+        models: models.iter().map(|m| m.to_string()).collect(),
+        expires_in: None,
+    };
+    olps::auth::tokens::create(pool, &new, &olps::auth::Principal::cli())
+        .await
+        .expect("create a token")
+        .secret
 }
 
 /// The status and the body (JSON, else the text as a JSON string).
