@@ -18,6 +18,7 @@ mod drift;
 mod embedded;
 mod isolation;
 mod learner;
+mod long_run;
 mod module_graph;
 mod schema;
 mod serving;
