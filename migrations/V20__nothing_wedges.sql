@@ -18,10 +18,12 @@ ALTER TABLE snapshots ADD CONSTRAINT snapshots_system_label
 -- Planner statistics that follow the traffic tables' growth, whatever autovacuum does: the
 -- worker calls this about once a second; it runs ANALYZE (as the tables' owner: SECURITY
 -- DEFINER, so a least-privilege worker role can call it) on each traffic table that has at
--- least 500 live rows and more than twice the rows its statistics know (never analyzed counts
--- as 0), skipping a table another ANALYZE or VACUUM holds. A table is thus analyzed about
--- log2(rows / 500) times in its life. An ANALYZE also invalidates the cached plans that read the
--- table, so they are made again for what the table is now. Returns the tables it analyzed.
+-- least 1,000 live rows and more than twice the rows its statistics know (or than 500, if they
+-- know fewer; never analyzed counts as 0), skipping a table another ANALYZE or VACUUM holds. A
+-- table is thus analyzed about log2(rows / 500) times in its life, and a queue whose length
+-- goes up and down under a thousand rows is left alone. An ANALYZE also invalidates the cached
+-- plans that read the table, so they are made again for what the table is now. Returns the
+-- tables it analyzed.
 CREATE FUNCTION olps_analyze_grown_tables()
 RETURNS TEXT[]
 LANGUAGE plpgsql VOLATILE SECURITY DEFINER SET search_path FROM CURRENT AS $$
@@ -36,8 +38,8 @@ BEGIN
         WHERE c.oid = ANY (ARRAY['feedback_events', 'feedback_queue', 'parameter_updates',
                                  'model_parameters', 'model_versions', 'prediction_log',
                                  'drift_events', 'snapshots', 'snapshot_parameters']::regclass[])
-          AND s.n_live_tup >= 500
-          AND s.n_live_tup > 2 * greatest(c.reltuples, 0)
+          AND s.n_live_tup >= 1000
+          AND s.n_live_tup > 2 * greatest(c.reltuples, 500)
         ORDER BY c.relname
     LOOP
         EXECUTE format('ANALYZE (SKIP_LOCKED) %s', t.rel);

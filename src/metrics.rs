@@ -25,8 +25,8 @@
 //!   as they are), `worker_rows_set_aside_total{model}` (rows dead-lettered with the database's
 //!   message after splitting found them), `worker_models_unreadable_total{model}` (times a
 //!   model was set aside because its stored settings or state could not be read),
-//!   `worker_statistics_refreshes_total{table}` (ANALYZEs the worker ran on a table that had
-//!   grown).
+//!   `worker_maintenance_total{table,action}` (`action="analyze"`: the worker refreshed the
+//!   planner statistics of a table that had grown; `"vacuum"`: it vacuumed the queue).
 //! - at scrape time, from the database: `queue_depth{model}`,
 //!   `queue_oldest_pending_age_seconds{model}`, `queue_dead_letters{model}`,
 //!   `model_version{model}`, `model_prequential_loss{model}` (mean loss of the latest learned
@@ -78,7 +78,7 @@ pub struct Metrics {
     pub worker_failures: IntCounterVec,
     pub worker_set_aside: IntCounterVec,
     pub worker_unreadable: IntCounterVec,
-    pub worker_analyzed: IntCounterVec,
+    pub worker_maintenance: IntCounterVec,
     pub worker_loss_sum: CounterVec,
 }
 
@@ -252,11 +252,12 @@ impl Metrics {
                  not be read",
                 &["model"],
             ),
-            worker_analyzed: counter_vec(
+            worker_maintenance: counter_vec(
                 &r,
-                "olps_worker_statistics_refreshes_total",
-                "ANALYZEs the worker ran on a traffic table that had grown past its bound",
-                &["table"],
+                "olps_worker_maintenance_total",
+                "ANALYZEs (of a table that had grown past its bound) and VACUUMs (of the queue) \
+                 the worker ran",
+                &["table", "action"],
             ),
             worker_loss_sum,
             registry: r,
@@ -337,9 +338,12 @@ pub fn worker_unreadable(model: &str) {
     global().worker_unreadable.with_label_values(&[model]).inc();
 }
 
-/// Records an ANALYZE the worker ran.
-pub fn worker_analyzed(table: &str) {
-    global().worker_analyzed.with_label_values(&[table]).inc();
+/// Records an ANALYZE or VACUUM the worker ran.
+pub fn worker_maintenance(table: &str, action: &str) {
+    global()
+        .worker_maintenance
+        .with_label_values(&[table, action])
+        .inc();
 }
 
 /// Gauges read from the database at scrape time, in a registry of their own.

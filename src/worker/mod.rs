@@ -4,6 +4,7 @@
 
 pub mod drift;
 pub mod examples;
+pub mod maintenance;
 pub mod queue;
 
 use std::collections::{BTreeMap, HashMap};
@@ -103,8 +104,8 @@ pub struct WorkerConfig {
     /// Recorded as `parameter_updates.source`.
     pub source: String,
     /// How often (at most) to check whether a traffic table has outgrown its planner statistics
-    /// ([`queue::refresh_statistics`]); None: never.
-    pub statistics_check: Option<Duration>,
+    /// or the queue needs a VACUUM ([`maintenance`]); None: never.
+    pub maintenance_check: Option<Duration>,
     /// How long a model whose stored state cannot be read is left alone before the worker looks
     /// at it again.
     pub unreadable_retry: Duration,
@@ -118,7 +119,7 @@ impl Default for WorkerConfig {
             poll_interval: Duration::from_millis(250),
             until_empty: false,
             source: "feedback".into(),
-            statistics_check: Some(Duration::from_secs(1)),
+            maintenance_check: Some(Duration::from_secs(1)),
             unreadable_retry: Duration::from_secs(30),
         }
     }
@@ -152,6 +153,9 @@ pub struct WorkerStats {
     pub dead: u64,
     /// Attempts at a batch that failed and were rolled back (then split, or retried).
     pub failures: u64,
+    /// Time spent in the applied batches (claim, learn, write, commit), in seconds: divided by
+    /// `examples`, the cost per event.
+    pub batch_seconds: f64,
 }
 
 /// A model's learner as of a committed version, reused while the database is still at it.
@@ -201,7 +205,8 @@ pub struct Worker {
     isolation: HashMap<Uuid, Isolation>,
     /// Models whose stored state is unreadable, and when to look at them again.
     unreadable: HashMap<Uuid, Instant>,
-    statistics_checked: Option<Instant>,
+    maintenance_checked: Option<Instant>,
+    maintenance: Option<tokio::task::JoinHandle<()>>,
 }
 
 impl Worker {
@@ -212,7 +217,8 @@ impl Worker {
             cache: HashMap::new(),
             isolation: HashMap::new(),
             unreadable: HashMap::new(),
-            statistics_checked: None,
+            maintenance_checked: None,
+            maintenance: None,
         }
     }
 
@@ -631,7 +637,7 @@ impl Worker {
     /// One pass over the models with work: a batch each. Returns what was done. A model whose
     /// batch fails does not stop the pass: the others get their batch.
     pub async fn run_pass(&mut self) -> Result<WorkerStats, WorkerError> {
-        self.maybe_refresh_statistics().await;
+        self.maybe_maintain();
         let mut stats = WorkerStats {
             dead: queue::dead_letter_unknown_models(&self.pool).await?,
             ..WorkerStats::default()
@@ -642,8 +648,10 @@ impl Worker {
             if unreadable.contains(&model_id) {
                 continue;
             }
+            let started = Instant::now();
             match self.run_batch(model_id).await {
                 Ok(BatchOutcome::Applied { examples, dead, .. }) => {
+                    stats.batch_seconds += started.elapsed().as_secs_f64();
                     stats.batches += 1;
                     stats.examples += examples as u64;
                     stats.dead += dead as u64;
@@ -660,31 +668,22 @@ impl Worker {
         Ok(stats)
     }
 
-    /// At most once per `statistics_check`: ANALYZE the traffic tables that have outgrown their
-    /// planner statistics ([`queue::refresh_statistics`]). A failure is logged, not fatal.
-    async fn maybe_refresh_statistics(&mut self) {
-        let Some(every) = self.config.statistics_check else {
+    /// At most once per `maintenance_check`, and never two at once: refresh the planner
+    /// statistics of tables that have grown and vacuum a bloated queue ([`maintenance::run`]),
+    /// in a task of its own so that no batch waits for it.
+    fn maybe_maintain(&mut self) {
+        let Some(every) = self.config.maintenance_check else {
             return;
         };
         if self
-            .statistics_checked
+            .maintenance_checked
             .is_some_and(|at| at.elapsed() < every)
+            || self.maintenance.as_ref().is_some_and(|t| !t.is_finished())
         {
             return;
         }
-        self.statistics_checked = Some(Instant::now());
-        let started = Instant::now();
-        match queue::refresh_statistics(&self.pool).await {
-            Ok(tables) if tables.is_empty() => {}
-            Ok(tables) => {
-                for table in &tables {
-                    crate::metrics::worker_analyzed(table);
-                }
-                tracing::info!(tables = ?tables, ms = started.elapsed().as_secs_f64() * 1e3,
-                    "refreshed planner statistics of tables that had grown");
-            }
-            Err(e) => tracing::warn!(error = %e, "could not refresh planner statistics"),
-        }
+        self.maintenance_checked = Some(Instant::now());
+        self.maintenance = Some(tokio::spawn(maintenance::run(self.pool.clone())));
     }
 
     /// Runs until `shutdown` is cancelled (or, with `until_empty`, until no work is left). A
@@ -722,6 +721,7 @@ impl Worker {
             total.examples += pass.examples;
             total.dead += pass.dead;
             total.failures += pass.failures;
+            total.batch_seconds += pass.batch_seconds;
             // A model being split after a failure tries its smaller claim at once.
             if pass.batches > 0 || pass.dead > 0 || self.splitting() {
                 continue;

@@ -20,6 +20,10 @@ pub struct ClaimedRow {
     /// When the event has no features: those of the latest logged prediction for the entity
     /// (JSON text, like `features`).
     pub logged_features: Option<String>,
+    /// The queue order: `priority DESC, created_at, seq`.
+    pub priority: f64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+    pub seq: i64,
 }
 
 /// Active models with pending work (optionally only among `only`), in random order so that
@@ -67,9 +71,10 @@ pub async fn plan_for_any_statistics(conn: &mut PgConnection) -> Result<(), sqlx
 
 /// Claims up to `limit` pending rows of one model in queue order (priority, then time, then
 /// insertion order), locking them for the caller's transaction. It first makes the transaction's
-/// plans independent of the statistics ([`plan_for_any_statistics`]).
+/// plans independent of the statistics (the settings of [`plan_for_any_statistics`], and more).
 ///
-/// Each claimed row's event is looked up by its primary key in a subquery of its own (`LATERAL
+/// The queue rows come from the claim index in its order, and each claimed row's event is looked
+/// up by its primary key in a subquery of its own (`LATERAL
 /// … OFFSET 0`, which PostgreSQL plans separately and runs once per claimed row), so the lookup
 /// cannot become a scan of all the model's events joined afterwards. A plan of that shape, made
 /// while the tables were empty and kept by the connection, made every claim read all of the
@@ -79,10 +84,25 @@ pub async fn claim(
     model_id: Uuid,
     limit: i64,
 ) -> Result<Vec<ClaimedRow>, sqlx::Error> {
-    plan_for_any_statistics(&mut *conn).await?;
-    sqlx::query_as(
+    // The settings of [`plan_for_any_statistics`], and more for the rest of the batch's
+    // transaction: only the claim index can serve the claim, since it alone gives the rows in
+    // queue order, and with sorts and bitmap scans priced out no plan that reads all of the
+    // model's queue rows (live, dead-lettered, and the deleted ones a VACUUM has not removed
+    // yet) and sorts them can look cheaper, whatever the statistics say about how many are
+    // pending. The batch's later statements need neither (they look rows up by key). No JIT:
+    // a plan that keeps a priced-out node costs over 1e10, and compiling it took 0.9 s.
+    sqlx::query(
+        "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
+                set_config('enable_seqscan', 'off', true),
+                set_config('enable_sort', 'off', true),
+                set_config('enable_bitmapscan', 'off', true),
+                set_config('jit', 'off', true)",
+    )
+    .execute(&mut *conn)
+    .await?;
+    let mut rows: Vec<ClaimedRow> = sqlx::query_as(
         "SELECT q.id AS queue_id, q.feedback_id, e.entity_id, e.feedback_type, e.label,
-                e.confidence, e.features, e.logged_features
+                e.confidence, e.features, e.logged_features, q.priority, q.created_at, q.seq
          FROM (SELECT id, model_id, feedback_id, priority, created_at, seq
                FROM feedback_queue
                WHERE model_id = $1 AND status = 'pending'
@@ -98,13 +118,21 @@ pub async fn claim(
                         ORDER BY p.id DESC LIMIT 1) END AS logged_features
              FROM feedback_events ev
              WHERE ev.model_id = q.model_id AND ev.id = q.feedback_id
-             OFFSET 0) e
-         ORDER BY q.priority DESC, q.created_at, q.seq",
+             OFFSET 0) e",
     )
     .bind(model_id)
     .bind(limit)
     .fetch_all(conn)
-    .await
+    .await?;
+    // In queue order. The rows arrive in it (the claim index's order, kept by the join), but SQL
+    // promises that only with an ORDER BY, whose sort would be priced out above.
+    rows.sort_by(|a, b| {
+        b.priority
+            .total_cmp(&a.priority)
+            .then(a.created_at.cmp(&b.created_at))
+            .then(a.seq.cmp(&b.seq))
+    });
+    Ok(rows)
 }
 
 /// Deletes the applied queue rows and marks their events processed by `version`, in one statement.
@@ -205,21 +233,4 @@ pub async fn pending_count(
     .bind(except)
     .fetch_one(db)
     .await
-}
-
-/// Refreshes the planner's statistics of the tables the worker reads and writes that have grown
-/// past their bound since they were last gathered: at least 500 live rows and more than twice
-/// the rows the statistics know (`olps_analyze_grown_tables()`, migration V20, which runs
-/// `ANALYZE (SKIP_LOCKED)` as the tables' owner). Returns the tables analyzed.
-///
-/// Without it, a database whose autovacuum is off (or lags, or is turned off for the queue
-/// tables) keeps the statistics of the empty tables forever, and the plans made from them read
-/// ever more of a growing table per batch: 20 ms per batch became 12.5 s after 100 s of feedback
-/// at 400 events/s. An ANALYZE also invalidates every cached plan of the table, so the next
-/// batch is planned for what the table is now. The bound makes it rare: a table is analyzed
-/// about log2(rows / 500) times in its life, however fast it grows.
-pub async fn refresh_statistics(db: impl PgExecutor<'_>) -> Result<Vec<String>, sqlx::Error> {
-    sqlx::query_scalar("SELECT unnest(olps_analyze_grown_tables())")
-        .fetch_all(db)
-        .await
 }

@@ -21,6 +21,7 @@ mod embedded;
 mod idempotent_ingest;
 mod isolation;
 mod learner;
+mod long_run;
 mod module_graph;
 mod roles;
 mod schema;
