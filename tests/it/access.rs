@@ -916,7 +916,11 @@ fn compose_runs_the_service_and_worker_as_their_roles_with_secrets_from_an_env_f
         worker.contains("DATABASE_URL: postgres://olps_worker_login:${OLPS_WORKER_PASSWORD:?"),
         "{worker}"
     );
-    assert!(!serve.contains("--no-auth"));
+    // Tokens required: the command has no --no-auth.
+    assert!(
+        serve.contains("command: [\"serve\", \"--listen\", \"0.0.0.0:8080\"]"),
+        "{serve}"
+    );
     // Every published port is on loopback.
     for line in compose
         .lines()
