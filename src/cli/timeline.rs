@@ -247,7 +247,7 @@ pub async fn run_snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
                         action: "snapshot-policy.set".into(),
                         model_id: Some(model_id),
                         target: Some(model.clone()),
-                        details: serde_json::to_value(&policy).ok(),
+                        details: serde_json::to_value(policy).ok(),
                         ..Default::default()
                     },
                 )

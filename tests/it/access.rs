@@ -615,6 +615,16 @@ async fn no_auth_is_refused_off_loopback() {
     assert_eq!(actors, ["no-auth", "no-auth"]);
 }
 
+/// action, actor, token_id, token_name, status, details
+type AuditRow = (
+    String,
+    String,
+    Option<Uuid>,
+    Option<String>,
+    Option<i32>,
+    Option<Value>,
+);
+
 #[tokio::test]
 async fn state_changing_requests_are_audited_with_their_token() {
     let db = TestDb::new().await;
@@ -680,14 +690,7 @@ async fn state_changing_requests_are_audited_with_their_token() {
             assert!(made.starts_with("olps_"), "{answer}");
         }
     }
-    let rows: Vec<(
-        String,
-        String,
-        Option<Uuid>,
-        Option<String>,
-        Option<i32>,
-        Option<Value>,
-    )> = sqlx::query_as(
+    let rows: Vec<AuditRow> = sqlx::query_as(
         "SELECT action, actor, token_id, token_name, status, details FROM audit_log ORDER BY id",
     )
     .fetch_all(pool)
@@ -736,7 +739,7 @@ async fn state_changing_requests_are_audited_with_their_token() {
     .fetch_all(pool)
     .await
     .unwrap();
-    assert_eq!(history_sources, [source.clone()]);
+    assert_eq!(history_sources, vec![source]);
 }
 
 #[tokio::test]
@@ -916,7 +919,11 @@ fn compose_runs_the_service_and_worker_as_their_roles_with_secrets_from_an_env_f
         worker.contains("DATABASE_URL: postgres://olps_worker_login:${OLPS_WORKER_PASSWORD:?"),
         "{worker}"
     );
-    assert!(!serve.contains("--no-auth"));
+    // Tokens required: the command has no --no-auth.
+    assert!(
+        serve.contains("command: [\"serve\", \"--listen\", \"0.0.0.0:8080\"]"),
+        "{serve}"
+    );
     // Every published port is on loopback.
     for line in compose
         .lines()
