@@ -31,7 +31,12 @@ impl Service {
 
     pub async fn start_with(state: AppState) -> Service {
         let token = if state.access.config.require_tokens {
-            Some(admin_token(&state.pool).await)
+            // On a connection of its own: the service's pool may be sized to be exhausted.
+            let options = (*state.pool.connect_options()).clone();
+            let own = sqlx::PgPool::connect_with(options).await.expect("connect");
+            let secret = admin_token(&own).await;
+            own.close().await;
+            Some(secret)
         } else {
             None
         };
