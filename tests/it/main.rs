@@ -17,6 +17,7 @@ mod client_errors;
 mod demo;
 mod drift;
 mod embedded;
+mod fuzz;
 mod idempotent_ingest;
 mod learner;
 mod module_graph;
