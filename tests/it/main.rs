@@ -18,6 +18,7 @@ mod client_errors;
 mod demo;
 mod drift;
 mod embedded;
+mod fuzz;
 mod idempotent_ingest;
 mod isolation;
 mod learner;
