@@ -18,7 +18,9 @@ use crate::runtime;
 use crate::schema;
 use crate::worker::{Worker, WorkerConfig};
 
+mod deadletters;
 mod timeline;
+pub use deadletters::{DeadlettersCommand, RequeueArgs};
 pub use timeline::{
     HistoryArgs, HistoryCommand, OutputFormat, ParamsArgs, RollbackArgs, SnapshotCommand,
 };
@@ -61,6 +63,9 @@ pub enum Command {
     History(HistoryArgs),
     /// Benchmarks, each figure next to a bare-PostgreSQL baseline measured in the same run.
     Bench(crate::bench::BenchArgs),
+    /// Feedback the worker set aside: list it with its reasons, requeue it once fixed.
+    #[command(subcommand)]
+    Deadletters(DeadlettersCommand),
 }
 
 #[derive(Debug, Args)]
@@ -336,6 +341,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Params(args) => timeline::run_params(args).await,
         Command::History(args) => timeline::run_history(args).await,
         Command::Bench(args) => crate::bench::run(args).await.map(|_| ()),
+        Command::Deadletters(command) => deadletters::run(command).await,
     }
 }
 

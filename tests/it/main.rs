@@ -13,6 +13,7 @@ mod common;
 mod api;
 mod bench_smoke;
 mod cli;
+mod deadletters;
 mod demo;
 mod drift;
 mod embedded;
