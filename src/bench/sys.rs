@@ -61,7 +61,8 @@ impl Machine {
         let settings: Vec<(String, String)> = sqlx::query_as(
             "SELECT name, current_setting(name) FROM pg_settings
              WHERE name IN ('synchronous_commit', 'fsync', 'wal_sync_method', 'shared_buffers',
-                            'max_wal_size', 'full_page_writes', 'wal_level', 'commit_delay')
+                            'max_wal_size', 'full_page_writes', 'wal_level', 'commit_delay',
+                            'autovacuum')
              ORDER BY name",
         )
         .fetch_all(pool)

@@ -20,8 +20,10 @@ use crate::schema;
 use crate::worker::{Worker, WorkerConfig};
 
 mod access;
+mod deadletters;
 mod timeline;
 pub use access::{AccessArgs, TokenCommand};
+pub use deadletters::{DeadlettersCommand, RequeueArgs};
 pub use timeline::{
     HistoryArgs, HistoryCommand, OutputFormat, ParamsArgs, RollbackArgs, SnapshotCommand,
 };
@@ -67,6 +69,9 @@ pub enum Command {
     /// Create, list and revoke API tokens (bearer secrets for the HTTP API).
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Feedback the worker set aside: list it with its reasons, requeue it once fixed.
+    #[command(subcommand)]
+    Deadletters(DeadlettersCommand),
 }
 
 #[derive(Debug, Args)]
@@ -371,6 +376,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::History(args) => timeline::run_history(args).await,
         Command::Bench(args) => crate::bench::run(args).await.map(|_| ()),
         Command::Token(command) => access::run_token(command).await,
+        Command::Deadletters(command) => deadletters::run(command).await,
     }
 }
 

@@ -234,3 +234,122 @@ pub async fn pending_count(
     .fetch_one(db)
     .await
 }
+
+/// A dead-lettered queue row with its event: what `olps deadletters list` shows.
+#[derive(Debug, Clone, PartialEq, serde::Serialize, FromRow)]
+pub struct DeadLetter {
+    pub queue_id: Uuid,
+    pub model_id: Uuid,
+    /// None when the model does not exist (feedback written by SQL for an unknown model).
+    pub model_name: Option<String>,
+    pub feedback_id: Uuid,
+    pub entity_id: String,
+    pub feedback_type: String,
+    pub feedback_value: f64,
+    pub confidence: Option<f64>,
+    pub metadata: Option<serde_json::Value>,
+    pub dead_reason: Option<String>,
+    pub dead_at: Option<chrono::DateTime<chrono::Utc>>,
+    pub priority: f64,
+    pub created_at: chrono::DateTime<chrono::Utc>,
+}
+
+/// Which dead letters to list or requeue. Every condition given must hold.
+#[derive(Debug, Clone, Default)]
+pub struct DeadLetterFilter {
+    /// Only this model's.
+    pub model_id: Option<Uuid>,
+    /// Only these rows, each given by its queue row id or its event's id (`feedback_id`).
+    pub ids: Vec<Uuid>,
+    /// Only rows whose reason matches this case-insensitive `LIKE` pattern anywhere (`%` and `_`
+    /// are wildcards; a plain text is a substring).
+    pub reason_like: Option<String>,
+}
+
+/// Dead letters, newest first (at most `limit`).
+pub async fn dead_letters(
+    db: impl PgExecutor<'_>,
+    filter: &DeadLetterFilter,
+    limit: i64,
+) -> Result<Vec<DeadLetter>, sqlx::Error> {
+    sqlx::query_as(
+        "SELECT q.id AS queue_id, q.model_id, m.name AS model_name, q.feedback_id, e.entity_id,
+                e.feedback_type, e.feedback_value, e.confidence, e.metadata, q.dead_reason,
+                q.dead_at, q.priority, q.created_at
+         FROM feedback_queue q
+         JOIN feedback_events e ON e.model_id = q.model_id AND e.id = q.feedback_id
+         LEFT JOIN models m ON m.model_id = q.model_id
+         WHERE q.status = 'dead'
+           AND ($1::uuid IS NULL OR q.model_id = $1)
+           AND (cardinality($2::uuid[]) = 0 OR q.id = ANY($2) OR q.feedback_id = ANY($2))
+           AND ($3::text IS NULL OR q.dead_reason ILIKE '%' || $3 || '%')
+         ORDER BY q.dead_at DESC, q.seq DESC
+         LIMIT $4",
+    )
+    .bind(filter.model_id)
+    .bind(&filter.ids)
+    .bind(&filter.reason_like)
+    .bind(limit)
+    .fetch_all(db)
+    .await
+}
+
+/// A dead letter put back in the queue.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, FromRow)]
+pub struct Requeued {
+    pub queue_id: Uuid,
+    pub model_id: Uuid,
+    pub feedback_id: Uuid,
+}
+
+/// Puts dead letters back in the queue (status `pending`, reason cleared), keeping their
+/// priority, `created_at` and `seq`: each goes back to its place in queue order, ahead of the
+/// feedback that arrived after it. Its event is learned once, like any pending row, after the
+/// fix that made it learnable (or dead-lettered again, with the new reason). Returns the rows
+/// requeued, in queue order; the caller notifies the workers ([`notify_workers`]).
+pub async fn requeue(
+    db: impl PgExecutor<'_>,
+    filter: &DeadLetterFilter,
+) -> Result<Vec<Requeued>, sqlx::Error> {
+    let mut rows: Vec<(Requeued, f64, chrono::DateTime<chrono::Utc>, i64)> =
+        sqlx::query_as::<_, (Uuid, Uuid, Uuid, f64, chrono::DateTime<chrono::Utc>, i64)>(
+            "UPDATE feedback_queue q SET status = 'pending', dead_reason = NULL, dead_at = NULL
+         WHERE q.status = 'dead'
+           AND ($1::uuid IS NULL OR q.model_id = $1)
+           AND (cardinality($2::uuid[]) = 0 OR q.id = ANY($2) OR q.feedback_id = ANY($2))
+           AND ($3::text IS NULL OR q.dead_reason ILIKE '%' || $3 || '%')
+         RETURNING q.id, q.model_id, q.feedback_id, q.priority, q.created_at, q.seq",
+        )
+        .bind(filter.model_id)
+        .bind(&filter.ids)
+        .bind(&filter.reason_like)
+        .fetch_all(db)
+        .await?
+        .into_iter()
+        .map(
+            |(queue_id, model_id, feedback_id, priority, created_at, seq)| {
+                (
+                    Requeued {
+                        queue_id,
+                        model_id,
+                        feedback_id,
+                    },
+                    priority,
+                    created_at,
+                    seq,
+                )
+            },
+        )
+        .collect();
+    rows.sort_by(|a, b| b.1.total_cmp(&a.1).then(a.2.cmp(&b.2)).then(a.3.cmp(&b.3)));
+    Ok(rows.into_iter().map(|r| r.0).collect())
+}
+
+/// Wakes the workers (`NOTIFY olps_feedback`), as a feedback insert does.
+pub async fn notify_workers(db: impl PgExecutor<'_>) -> Result<(), sqlx::Error> {
+    sqlx::query("SELECT pg_notify($1, '')")
+        .bind(super::FEEDBACK_CHANNEL)
+        .execute(db)
+        .await?;
+    Ok(())
+}

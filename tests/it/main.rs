@@ -15,6 +15,7 @@ mod api;
 mod bench_smoke;
 mod cli;
 mod client_errors;
+mod deadletters;
 mod demo;
 mod drift;
 mod embedded;

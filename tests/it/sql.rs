@@ -124,6 +124,7 @@ const FILES: [&str; 9] = [
     "parameters_at.sql",
     "prequential_loss.sql",
     "queue_depth.sql",
+    "requeue_dead_letters.sql",
     "top_movers.sql",
     "update_stats_5min.sql",
     "version_timeline.sql",
@@ -483,6 +484,41 @@ async fn every_query_in_sql_returns_the_expected_rows() {
     )
     .unwrap();
     assert_eq!(metadata, serde_json::json!({"note": "x, \"quoted\""}));
+
+    // requeue_dead_letters.sql: the model's dead letters whose reason matches, back to pending.
+    let got = run_sql(
+        url,
+        "requeue_dead_letters.sql",
+        &[
+            ("model", "clicks".into()),
+            ("reason_like", "BETWEEN 0 and 1".into()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        got.iter()
+            .map(|g| g["entity_id"].as_str())
+            .collect::<Vec<_>>(),
+        ["bad-range"]
+    );
+    let (status, reason): (String, Option<String>) = sqlx::query_as(
+        "SELECT q.status, q.dead_reason FROM feedback_queue q
+         JOIN feedback_events e ON e.model_id = q.model_id AND e.id = q.feedback_id
+         WHERE e.entity_id = 'bad-range'",
+    )
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((status.as_str(), reason), ("pending", None));
+    assert_eq!(run_sql(url, "dead_letters.sql", &[]).await.len(), 3);
+    // Put back as it was, for the checks below.
+    sqlx::query(
+        "UPDATE feedback_queue SET status = 'dead', dead_reason = 'between 0 and 1', dead_at = now()
+         WHERE feedback_id = (SELECT id FROM feedback_events WHERE entity_id = 'bad-range')",
+    )
+    .execute(pool)
+    .await
+    .unwrap();
     // Reading through the library agrees with the SQL function at the current version.
     let now = committed::parameters_at(pool, id, At::Current)
         .await
