@@ -348,20 +348,21 @@ pub async fn guard(
                 .to_string(),
         );
     }
-    let params: Vec<(String, String)> = params
-        .map(|p| {
-            p.iter()
-                .map(|(k, v)| (k.to_string(), v.to_string()))
-                .collect()
-        })
-        .unwrap_or_default();
+    // Path parameters, looked up only when needed (not on the hot path of an unrestricted
+    // token on an unaudited route).
+    let params = params.ok();
     let param = |name: &str| {
         params
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
+            .as_ref()
+            .and_then(|p| p.iter().find(|(k, _)| *k == name))
+            .map(|(_, v)| v.to_string())
     };
-    let model_key = param("model");
+    let audit_action = entry.and_then(|e| e.audit);
+    let model_key = if principal.all_models() && audit_action.is_none() {
+        None
+    } else {
+        param("model")
+    };
     if let (Some(key), false) = (&model_key, principal.all_models()) {
         match access.verifier.model_id(key).await {
             Ok(Some(id)) if principal.sees_model(id) => {}
@@ -371,7 +372,7 @@ pub async fn guard(
     }
     request.extensions_mut().insert(principal.clone());
     let response = next.run(request).await;
-    let Some(action) = entry.and_then(|e| e.audit) else {
+    let Some(action) = audit_action else {
         return response;
     };
     // Audit: after the answer, with its status and (for a success) its body, minus any secret.
