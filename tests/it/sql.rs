@@ -117,7 +117,7 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0)
 }
 
-const FILES: [&str; 9] = [
+const FILES: [&str; 10] = [
     "audit_trail.sql",
     "dead_letters.sql",
     "parameter_history.sql",
