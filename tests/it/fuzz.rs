@@ -500,6 +500,10 @@ fn templates(method: &str, path: &str) -> Vec<Value> {
             vec![json!({"every_versions": 10, "every_minutes": null, "keep": 3})]
         }
         ("POST", "/v1/models/{model}/resume") => vec![json!({})],
+        ("POST", "/v1/tokens") => vec![
+            json!({"name": "{name}", "scopes": ["read"]}),
+            json!({"name": "{name}", "scopes": ["predict", "feedback"], "expires_in": "1h"}),
+        ],
         _ => vec![],
     }
 }
