@@ -48,7 +48,7 @@ use crate::common::{create_model, decode, drain, spawn_app, TestApp};
 // The other wedges of the issue (a feature value beyond f64 such as 1e400, a feature name of
 // 6,400 characters) are dead-lettered with a reason since the validation merge: the generators
 // include them, and the regressions below pin them.
-const WORKER_SIDE_FIXES_LANDED: bool = false;
+const WORKER_SIDE_FIXES_LANDED: bool = true;
 
 /// Linear labels of this magnitude or more are the "huge linear label" class (see above): the
 /// squared loss squared again (the drift detector's variance) overflows f64 from about 1.3e77;
@@ -1618,7 +1618,6 @@ fn row(model: ModelSel, label: f64, metadata: &str) -> SqlRow {
 /// A worker/learner bug (issue 13 item 2, fixed on the worker side); until it lands the fuzz
 /// generators leave this class out (WORKER_SIDE_FIXES_LANDED).
 #[tokio::test]
-#[ignore = "worker-side bug (issue 13 item 2): linear labels of 1e80 make the learner state unreadable"]
 async fn regression_linear_labels_of_1e80_keep_the_model_readable() {
     let rows = (0..6)
         .map(|i| {
@@ -1678,7 +1677,6 @@ async fn rows_beyond_f64_and_over_long_names_are_dead_lettered_and_the_rest_appl
 /// (issue 13 item 2: losses and detector state must stay finite, or such settings be refused);
 /// until it lands, the fuzz suite sets such models aside (set_aside_known_unreadable).
 #[tokio::test]
-#[ignore = "worker-side bug (issue 13 item 2): diverging linear models make the learner state unreadable"]
 async fn regression_diverging_linear_settings_keep_the_model_readable() {
     let app = spawn_app().await;
     for (n, settings) in [
