@@ -4,7 +4,8 @@
 //! fails on any import circle):
 //! - [`validation`]: the one set of limits for features, labels, weights and names (pure);
 //! - [`learner`]: the online learner and its drift detectors, pure (no I/O);
-//! - [`schema`] (the embedded migrations), [`db`] and [`embedded`] (which database);
+//! - [`schema`] (the embedded migrations), [`db`] and [`embedded`] (which database), [`notify`]
+//!   (a LISTEN connection that reconnects by itself);
 //! - table access, each module owning its tables' SQL, with functions that take the caller's
 //!   executor or transaction: [`models`] (`models`), [`params`] (`model_parameters` and the
 //!   history rows a batch appends), [`feedback`] (client events into `feedback_events`);
@@ -27,6 +28,7 @@ pub mod learner;
 pub mod metrics;
 pub mod models;
 pub mod monitor;
+pub mod notify;
 pub mod params;
 pub mod pgtls;
 pub mod runtime;

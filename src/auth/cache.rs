@@ -6,10 +6,12 @@
 //! token's `last_used_at`). So a revoked token stops working at most `ttl` after the revocation
 //! on every service (at once on the service that revoked it), and an expired one at its expiry
 //! exactly (the expiry is checked on every request). Model names met in routes are resolved to
-//! their UUIDs the same way, for tokens limited to some models.
+//! their UUIDs the same way, for tokens limited to some models. When the database cannot be
+//! reached to check a stale entry again, the entry's verdict stands (up to [`MAX_STALE`]), so
+//! predictions keep coming from memory through an outage.
 
 use std::collections::HashMap;
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::{Duration, Instant};
 
 use chrono::Utc;
@@ -21,6 +23,15 @@ use super::{Actor, Principal, Scopes};
 
 /// How long a verified (or refused) secret is believed without asking the database again.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(10);
+/// How old a verdict (or a resolved name) may be and still be used while the database cannot be
+/// reached to check it again: a service keeps answering predictions from memory through a
+/// database restart or outage, and a token revoked meanwhile (on another service) stops working
+/// at most this long after that service's last check.
+pub const MAX_STALE: Duration = Duration::from_secs(15 * 60);
+/// How long a check of a stale entry may wait for the database before the entry's verdict stands.
+const STALE_PATIENCE: Duration = Duration::from_millis(250);
+/// After a failed check, stale entries are believed without asking for this long.
+const UNREACHABLE_PAUSE: Duration = Duration::from_secs(1);
 /// Entries kept at most (secrets and model names each); past it stale entries are dropped, and if
 /// that is not enough, all of them.
 const MAX_ENTRIES: usize = 10_000;
@@ -69,6 +80,8 @@ pub struct Verifier {
     ttl: Duration,
     secrets: RwLock<HashMap<[u8; 32], Entry>>,
     names: RwLock<HashMap<String, (Option<Uuid>, Instant)>>,
+    /// When a check last failed (the database unreachable).
+    unreachable_at: Mutex<Option<Instant>>,
 }
 
 impl Verifier {
@@ -78,6 +91,7 @@ impl Verifier {
             ttl,
             secrets: RwLock::new(HashMap::new()),
             names: RwLock::new(HashMap::new()),
+            unreachable_at: Mutex::new(None),
         }
     }
 
@@ -99,17 +113,35 @@ impl Verifier {
             .read()
             .expect("token cache lock")
             .get(&key)
-            .filter(|e| e.checked.elapsed() < self.ttl)
-            .map(|e| e.verdict.clone());
+            .map(|e| (e.verdict.clone(), e.checked.elapsed()));
         let verdict = match cached {
-            Some(verdict) => verdict,
-            None => {
-                let verdict = match tokens::lookup(&self.pool, &key).await? {
-                    None => Verdict::Refused(Refusal::Unknown),
-                    Some(stored) => judge(stored),
-                };
-                self.remember(key, verdict.clone());
-                verdict
+            Some((verdict, age)) if age < self.ttl => verdict,
+            // The database is away (a restart, an outage): believe what it said last, so that
+            // predictions keep being served from memory meanwhile; never past MAX_STALE, and
+            // never for a secret it has not seen.
+            Some((verdict, age)) if age < MAX_STALE && self.recently_unreachable() => verdict,
+            stale => {
+                let usable = stale.filter(|(_, age)| *age < MAX_STALE);
+                match self
+                    .patiently(usable.is_some(), tokens::lookup(&self.pool, &key))
+                    .await
+                {
+                    Ok(found) => {
+                        let verdict = match found {
+                            None => Verdict::Refused(Refusal::Unknown),
+                            Some(stored) => judge(stored),
+                        };
+                        self.remember(key, verdict.clone());
+                        verdict
+                    }
+                    Err(e) => match usable {
+                        Some((verdict, _)) => {
+                            tracing::debug!(error = %e, "token check: database unreachable; the last verdict stands");
+                            verdict
+                        }
+                        None => return Err(e.into()),
+                    },
+                }
             }
         };
         Ok(match verdict {
@@ -119,6 +151,35 @@ impl Verifier {
             Verdict::Valid(p) => Ok(p),
             Verdict::Refused(r) => Err(r),
         })
+    }
+
+    /// Whether a check found the database unreachable within the last [`UNREACHABLE_PAUSE`].
+    fn recently_unreachable(&self) -> bool {
+        self.unreachable_at
+            .lock()
+            .expect("token cache lock")
+            .is_some_and(|at| at.elapsed() < UNREACHABLE_PAUSE)
+    }
+
+    /// Runs a check against the database. With a last answer to fall back on, it waits at most
+    /// [`STALE_PATIENCE`] (a pool retrying a refused connection would hold the request for its
+    /// whole acquire timeout). A failure is remembered for [`UNREACHABLE_PAUSE`].
+    async fn patiently<T>(
+        &self,
+        fallback: bool,
+        check: impl std::future::Future<Output = Result<T, sqlx::Error>>,
+    ) -> Result<T, sqlx::Error> {
+        let outcome = if fallback {
+            tokio::time::timeout(STALE_PATIENCE, check)
+                .await
+                .unwrap_or(Err(sqlx::Error::PoolTimedOut))
+        } else {
+            check.await
+        };
+        if outcome.is_err() {
+            *self.unreachable_at.lock().expect("token cache lock") = Some(Instant::now());
+        }
+        outcome
     }
 
     fn remember(&self, key: [u8; 32], verdict: Verdict) {
@@ -152,15 +213,30 @@ impl Verifier {
         if let Ok(id) = Uuid::parse_str(key) {
             return Ok(Some(id));
         }
-        if let Some((id, at)) = self.names.read().expect("name cache lock").get(key) {
-            if at.elapsed() < self.ttl {
-                return Ok(*id);
+        let cached = self
+            .names
+            .read()
+            .expect("name cache lock")
+            .get(key)
+            .map(|(id, at)| (*id, at.elapsed()));
+        if let Some((id, age)) = cached {
+            if age < self.ttl {
+                return Ok(id);
             }
         }
-        let id: Option<Uuid> = sqlx::query_scalar("SELECT model_id FROM models WHERE name = $1")
+        let usable = cached.filter(|(_, age)| *age < MAX_STALE);
+        if let Some((id, _)) = usable.filter(|_| self.recently_unreachable()) {
+            return Ok(id);
+        }
+        let query = sqlx::query_scalar("SELECT model_id FROM models WHERE name = $1")
             .bind(key)
-            .fetch_optional(&self.pool)
-            .await?;
+            .fetch_optional(&self.pool);
+        let id: Option<Uuid> = match self.patiently(usable.is_some(), query).await {
+            Ok(id) => id,
+            // As for secrets: the last answer stands while the database is away.
+            Err(_) if usable.is_some() => return Ok(usable.and_then(|(id, _)| id)),
+            Err(e) => return Err(e.into()),
+        };
         let mut names = self.names.write().expect("name cache lock");
         if names.len() >= MAX_ENTRIES {
             names.clear();

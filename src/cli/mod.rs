@@ -121,6 +121,10 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9091.
     #[arg(long, env = "OLPS_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// On SIGTERM or Ctrl-C, milliseconds a batch in flight may still take to commit; past
+    /// them it is rolled back as a whole (its feedback stays pending for the next worker).
+    #[arg(long, env = "OLPS_SHUTDOWN_GRACE_MS", default_value_t = crate::worker::DEFAULT_SHUTDOWN_GRACE.as_millis() as u64)]
+    pub shutdown_grace_ms: u64,
 }
 
 /// Starts `GET /metrics` on `--metrics-listen` when given.
@@ -154,6 +158,7 @@ impl WorkerArgs {
             batch_size: self.batch_size,
             poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
             until_empty: self.until_empty,
+            shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             ..WorkerConfig::default()
         })
     }

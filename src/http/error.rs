@@ -186,8 +186,9 @@ impl From<sqlx::Error> for ApiError {
                 ApiError::new(
                     StatusCode::SERVICE_UNAVAILABLE,
                     "database_busy",
-                    "every database connection of the service is busy; retry after the time \
-                     in Retry-After",
+                    "no database connection within the service's acquire timeout: every \
+                     connection is busy, or the database cannot be reached (a restart, an \
+                     outage); nothing was changed; retry after the time in Retry-After",
                 )
             }
             DbFailure::StatementTimeout => {

@@ -6,17 +6,18 @@
 //! - Freshness: a listener on [`crate::timeline::version::VERSION_CHANNEL`] refreshes a cached model as
 //!   soon as a new version is committed; a periodic version check is the fallback when
 //!   notifications are lost, and every cached model is re-checked after the listener
-//!   reconnects. The listener's connection carries `application_name` [`LISTENER_APP_NAME`].
+//!   reconnects (by itself, with backoff: [`crate::notify`]). The listener's connection carries
+//!   `application_name` [`LISTENER_APP_NAME`].
 //! - [`log`]: the prediction log writer (batched, off the request path).
 
 pub mod cache;
 pub mod log;
 
+use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use serde::Deserialize;
-use sqlx::postgres::{PgListener, PgPoolOptions};
 use sqlx::PgPool;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -127,79 +128,45 @@ struct VersionNotice {
     version: i64,
 }
 
-async fn connect_listener(pool: &PgPool) -> Result<PgListener, sqlx::Error> {
-    let options = (*pool.connect_options())
-        .clone()
-        .application_name(LISTENER_APP_NAME);
-    let own = PgPoolOptions::new()
-        .max_connections(2)
-        .min_connections(0)
-        .acquire_timeout(Duration::from_secs(10))
-        .connect_lazy_with(options);
-    let mut listener = PgListener::connect_with(&own).await?;
-    listener.listen(VERSION_CHANNEL).await?;
-    Ok(listener)
-}
-
-/// LISTENs for committed versions. After every (re)connection, once LISTEN is in place, every
-/// cached model is re-checked, so a version committed while the connection was down is not
-/// missed.
+/// LISTENs for committed versions ([`crate::notify`]: the connection reconnects by itself with
+/// capped exponential backoff and jitter). After every (re)connection, once LISTEN is in place,
+/// every cached model is re-checked, so a version committed while the connection was down is
+/// not missed; the same when notifications were dropped because this task fell behind.
 async fn listen_loop(pool: PgPool, cache: Arc<ModelCache>, stop: CancellationToken) {
-    let mut backoff = Duration::from_millis(50);
-    let mut first = true;
+    let mut versions = crate::notify::Subscription::start(
+        &pool,
+        crate::notify::ListenConfig::new(LISTENER_APP_NAME, &[VERSION_CHANNEL]),
+    );
     loop {
-        let mut listener = tokio::select! {
+        let wake = tokio::select! {
             _ = stop.cancelled() => return,
-            connected = connect_listener(&pool) => match connected {
-                Ok(l) => l,
+            wake = versions.wait() => wake,
+        };
+        if wake.reconnects > 0 {
+            metrics::global()
+                .listener_reconnects
+                .inc_by(u64::from(wake.reconnects));
+        }
+        // Only the newest version per model matters: a refresh reads the latest anyway.
+        let mut newest: HashMap<Uuid, i64> = HashMap::new();
+        for notification in &wake.notifications {
+            match serde_json::from_str::<VersionNotice>(&notification.payload) {
+                Ok(n) => {
+                    let v = newest.entry(n.model_id).or_insert(n.version);
+                    *v = (*v).max(n.version);
+                }
                 Err(e) => {
-                    tracing::warn!(error = %e, "serving: cannot LISTEN for versions; retrying (the periodic check covers meanwhile)");
-                    tokio::select! {
-                        _ = stop.cancelled() => return,
-                        _ = tokio::time::sleep(backoff) => {}
-                    }
-                    backoff = (backoff * 2).min(Duration::from_secs(5));
-                    continue;
+                    tracing::warn!(payload = notification.payload, error = %e, "serving: unreadable version notification")
                 }
             }
-        };
-        if !first {
-            metrics::global().listener_reconnects.inc();
         }
-        first = false;
-        backoff = Duration::from_millis(50);
-        if let Err(e) = cache.check_versions().await {
-            tracing::warn!(error = %e, "serving: version check after (re)connecting failed");
+        for (model_id, version) in newest {
+            cache.request_refresh(model_id, version);
         }
-        loop {
-            let received = tokio::select! {
-                _ = stop.cancelled() => return,
-                r = listener.try_recv() => r,
-            };
-            match received {
-                Ok(Some(notification)) => {
-                    match serde_json::from_str::<VersionNotice>(notification.payload()) {
-                        Ok(n) => cache.request_refresh(n.model_id, n.version),
-                        Err(e) => {
-                            tracing::warn!(payload = notification.payload(), error = %e, "serving: unreadable version notification")
-                        }
-                    }
-                }
-                Ok(None) => {
-                    // Lost and already re-established (LISTEN included): re-check what may
-                    // have been missed meanwhile.
-                    tracing::warn!(
-                        "serving: version notification connection lost and re-established"
-                    );
-                    metrics::global().listener_reconnects.inc();
-                    if let Err(e) = cache.check_versions().await {
-                        tracing::warn!(error = %e, "serving: version check after reconnecting failed");
-                    }
-                }
-                Err(e) => {
-                    tracing::warn!(error = %e, "serving: version notification connection failed; reconnecting");
-                    break;
-                }
+        if wake.catch_up {
+            if let Err(e) = cache.check_versions().await {
+                // The periodic check tries again.
+                tracing::warn!(error = %e, "serving: version check after (re)connecting failed");
             }
         }
     }

@@ -10,7 +10,6 @@ pub mod queue;
 use std::collections::{BTreeMap, HashMap};
 use std::time::{Duration, Instant};
 
-use sqlx::postgres::PgListener;
 use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
@@ -24,6 +23,18 @@ use crate::timeline::version::{self, VersionRecord};
 
 /// The channel the feedback trigger notifies (a hint: workers also poll).
 pub const FEEDBACK_CHANNEL: &str = "olps_feedback";
+
+/// `application_name` of the worker's LISTEN connection (visible in pg_stat_activity).
+pub const LISTENER_APP_NAME: &str = "olps-worker-listener";
+
+/// Default of [`WorkerConfig::shutdown_grace`].
+pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+
+/// Completes `grace` after `shutdown` is cancelled.
+async fn shutdown_then_grace(shutdown: &CancellationToken, grace: Duration) {
+    shutdown.cancelled().await;
+    tokio::time::sleep(grace).await;
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkerError {
@@ -109,6 +120,9 @@ pub struct WorkerConfig {
     /// How long a model whose stored state cannot be read is left alone before the worker looks
     /// at it again.
     pub unreadable_retry: Duration,
+    /// How long a batch in flight may still run once shutdown is requested; past it, the batch
+    /// is abandoned and rolled back as a whole (its rows stay pending).
+    pub shutdown_grace: Duration,
 }
 
 impl Default for WorkerConfig {
@@ -121,6 +135,7 @@ impl Default for WorkerConfig {
             source: "feedback".into(),
             maintenance_check: Some(Duration::from_secs(1)),
             unreadable_retry: Duration::from_secs(30),
+            shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
         }
     }
 }
@@ -637,6 +652,15 @@ impl Worker {
     /// One pass over the models with work: a batch each. Returns what was done. A model whose
     /// batch fails does not stop the pass: the others get their batch.
     pub async fn run_pass(&mut self) -> Result<WorkerStats, WorkerError> {
+        self.run_pass_until(&CancellationToken::new()).await
+    }
+
+    /// [`Self::run_pass`] that stops between models once `shutdown` is cancelled, and rolls back
+    /// a batch still running `shutdown_grace` after it.
+    async fn run_pass_until(
+        &mut self,
+        shutdown: &CancellationToken,
+    ) -> Result<WorkerStats, WorkerError> {
         self.maybe_maintain();
         let mut stats = WorkerStats {
             dead: queue::dead_letter_unknown_models(&self.pool).await?,
@@ -645,11 +669,33 @@ impl Worker {
         crate::metrics::worker_dead("unknown model", stats.dead);
         let unreadable = self.unreadable_models();
         for model_id in queue::models_with_work(&self.pool, &self.config.models).await? {
+            if shutdown.is_cancelled() {
+                break;
+            }
             if unreadable.contains(&model_id) {
                 continue;
             }
             let started = Instant::now();
-            match self.run_batch(model_id).await {
+            let grace = self.config.shutdown_grace;
+            let outcome = {
+                let batch = self.run_batch(model_id);
+                tokio::pin!(batch);
+                tokio::select! {
+                    outcome = &mut batch => Some(outcome),
+                    _ = shutdown_then_grace(shutdown, grace) => None,
+                }
+            };
+            let Some(outcome) = outcome else {
+                // Dropping the batch's future drops its transaction: PostgreSQL rolls it back as
+                // a whole (at the latest when this process exits and its connection closes), so
+                // its rows stay pending and nothing of it is stored.
+                tracing::warn!(%model_id, grace_s = grace.as_secs_f64(),
+                    "shutdown: the batch in flight did not finish within the grace period; \
+                     abandoned, rolled back, its rows stay pending");
+                self.cache.remove(&model_id);
+                break;
+            };
+            match outcome {
                 Ok(BatchOutcome::Applied { examples, dead, .. }) => {
                     stats.batch_seconds += started.elapsed().as_secs_f64();
                     stats.batches += 1;
@@ -687,27 +733,25 @@ impl Worker {
     }
 
     /// Runs until `shutdown` is cancelled (or, with `until_empty`, until no work is left). A
-    /// batch in progress is finished, never half-applied: cancellation is checked between batches.
+    /// batch in progress is finished, never half-applied: cancellation is checked between
+    /// batches, and a batch still running `shutdown_grace` after it is rolled back as a whole
+    /// (its rows stay pending for the next worker).
+    ///
+    /// Work is found by polling every `poll_interval`, and sooner on a notification: the LISTEN
+    /// connection is kept up in the background ([`crate::notify`]: it reconnects by itself with
+    /// capped exponential backoff and jitter, also when the first attempt fails), and one wake-up
+    /// takes every notification queued since the last, so a burst costs one pass.
     pub async fn run(&mut self, shutdown: CancellationToken) -> Result<WorkerStats, WorkerError> {
         let mut total = WorkerStats::default();
-        let mut listener = match PgListener::connect_with(&self.pool).await {
-            Ok(mut l) => match l.listen(FEEDBACK_CHANNEL).await {
-                Ok(()) => Some(l),
-                Err(e) => {
-                    tracing::warn!(error = %e, "LISTEN failed; polling only");
-                    None
-                }
-            },
-            Err(e) => {
-                tracing::warn!(error = %e, "no listener connection; polling only");
-                None
-            }
-        };
+        let mut wakeups = crate::notify::Subscription::start(
+            &self.pool,
+            crate::notify::ListenConfig::new(LISTENER_APP_NAME, &[FEEDBACK_CHANNEL]),
+        );
         loop {
             if shutdown.is_cancelled() {
                 break;
             }
-            let pass = match self.run_pass().await {
+            let pass = match self.run_pass_until(&shutdown).await {
                 Ok(pass) => pass,
                 Err(e) => {
                     // Finding work failed (the database is away, most likely): nothing was
@@ -733,25 +777,13 @@ impl Worker {
                 }
             }
             // Idle: wait for a notification (a hint), the poll tick, or shutdown.
-            let poll = tokio::time::sleep(self.config.poll_interval);
-            match listener.as_mut() {
-                Some(l) => tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = poll => {},
-                    notification = l.recv() => {
-                        if let Err(e) = notification {
-                            tracing::warn!(error = %e, "notification connection lost; it reconnects, polling meanwhile");
-                            tokio::select! {
-                                _ = shutdown.cancelled() => break,
-                                _ = tokio::time::sleep(self.config.poll_interval) => {},
-                            }
-                        }
-                    }
-                },
-                None => tokio::select! {
-                    _ = shutdown.cancelled() => break,
-                    _ = poll => {},
-                },
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(self.config.poll_interval) => {},
+                wake = wakeups.wait() => {
+                    tracing::trace!(notifications = wake.notifications.len(),
+                        reconnects = wake.reconnects, "worker woken");
+                }
             }
         }
         tracing::info!(

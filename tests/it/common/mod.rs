@@ -10,8 +10,11 @@
 //! - `committed`: the version line's operations, each in a transaction of its own.
 //! - `learning`: the worker (drain, one version at a time), the in-memory learner over the same
 //!   rows, and the invariants (bit-identical parameters, a linear history).
+//! - `applied`: exactly once after faults (every event applied by one whole version, the
+//!   parameters bit for bit the in-memory replay of the applied order).
 
 mod app;
+pub mod applied;
 mod cli;
 pub mod committed;
 mod db;
