@@ -224,7 +224,7 @@ async fn keep_listening(
                 failures += 1;
                 let wait = backoff.next_delay();
                 // The first failure loudly, then every tenth: an outage must not flood the log.
-                if failures == 1 || failures % 10 == 0 {
+                if failures == 1 || failures.is_multiple_of(10) {
                     tracing::warn!(listener = name, error = %e, attempt = failures,
                         retry_in_ms = wait.as_millis() as u64,
                         "cannot LISTEN; retrying with backoff (polling covers meanwhile)");

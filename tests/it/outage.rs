@@ -60,6 +60,8 @@ struct Seen {
     accepted: HashSet<Uuid>,
     http_accepted: u64,
     http_unavailable: u64,
+    /// The error codes of the 503s.
+    unavailable_codes: std::collections::BTreeSet<String>,
     sql_committed: u64,
     sql_failed: u64,
     predictions: u64,
@@ -157,6 +159,8 @@ async fn http_feedback(
                     }
                     503 => {
                         s.http_unavailable += 1;
+                        let code = answer["error"]["code"].as_str().unwrap_or("?").to_string();
+                        s.unavailable_codes.insert(code);
                         if retry_after.is_none() {
                             s.problems
                                 .push(format!("503 without Retry-After: {answer}"));
@@ -548,11 +552,12 @@ async fn under_load(outage: Outage) {
 
     let seen = std::mem::take(&mut *seen.lock().unwrap());
     let summary = format!(
-        "outage {outage_secs:.1} s; HTTP batches 202: {}, 503: {}; SQL transactions committed: \
+        "outage {outage_secs:.1} s; HTTP batches 202: {}, 503: {} {:?}; SQL transactions committed: \
          {}, failed: {}; predictions 200: {} ({} while down); sentinel visible {:.1} s after the \
          server was back; worker: {} batches, {} events, {} failed attempts; {:.1} s in all",
         seen.http_accepted,
         seen.http_unavailable,
+        seen.unavailable_codes,
         seen.sql_committed,
         seen.sql_failed,
         seen.predictions,
