@@ -51,7 +51,6 @@ async fn terminate_mid_batch(db: &TestDb, args: &[&str]) -> String {
         .unwrap();
     let pid = child.id().unwrap();
     let started = Instant::now();
-    eprintln!("spawned");
     while !batch_in_flight(&db.pool).await {
         assert!(
             started.elapsed() < Duration::from_secs(60),
@@ -59,7 +58,6 @@ async fn terminate_mid_batch(db: &TestDb, args: &[&str]) -> String {
         );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    eprintln!("in flight after {:.1} s", started.elapsed().as_secs_f64());
     // Well into the batch: past its claim, learning or writing.
     tokio::time::sleep(Duration::from_millis(300)).await;
     assert!(
@@ -89,7 +87,6 @@ async fn terminate_mid_batch(db: &TestDb, args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn sigterm_mid_batch_ends_the_worker_with_nothing_half_applied() {
-    let t0 = Instant::now();
     let db = TestDb::new().await;
     record_queue_order(&db.pool).await;
     let model = create_model(
@@ -115,7 +112,6 @@ async fn sigterm_mid_batch_ends_the_worker_with_nothing_half_applied() {
     .await
     .unwrap();
 
-    eprintln!("backlog in at {:.1} s", t0.elapsed().as_secs_f64());
     // No grace: the batch in flight is rolled back as a whole.
     let log = terminate_mid_batch(&db, &["--shutdown-grace-ms", "0"]).await;
     assert!(log.contains("abandoned"), "{log}");
@@ -137,12 +133,10 @@ async fn sigterm_mid_batch_ends_the_worker_with_nothing_half_applied() {
         "nothing left for the restart"
     );
 
-    eprintln!("second stop at {:.1} s", t0.elapsed().as_secs_f64());
     // A restarted worker applies the rest, each event once.
     let cli = Cli::new(&db.url);
     cli.ok(&format!("worker --until-empty --batch-size {BATCH}"))
         .await;
-    eprintln!("drained at {:.1} s", t0.elapsed().as_secs_f64());
     let accepted: HashSet<Uuid> = ids.into_iter().collect();
     assert_applied_exactly_once(&db.pool, id, &accepted).await;
 }
