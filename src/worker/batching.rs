@@ -36,7 +36,7 @@ pub struct AdaptiveBatching {
 impl AdaptiveBatching {
     pub const DEFAULT_MIN: i64 = 100;
     pub const DEFAULT_MAX: i64 = 20_000;
-    pub const DEFAULT_BUDGET_MS: u64 = 500;
+    pub const DEFAULT_BUDGET_MS: u64 = 1000;
 
     /// Checks the bounds: `1 <= min <= max` and a budget above zero.
     pub fn validate(&self) -> Result<(), String> {
