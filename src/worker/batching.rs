@@ -41,7 +41,10 @@ impl AdaptiveBatching {
     /// Checks the bounds: `1 <= min <= max` and a budget above zero.
     pub fn validate(&self) -> Result<(), String> {
         if self.min < 1 {
-            return Err(format!("the minimum batch must be at least 1, not {}", self.min));
+            return Err(format!(
+                "the minimum batch must be at least 1, not {}",
+                self.min
+            ));
         }
         if self.max < self.min {
             return Err(format!(

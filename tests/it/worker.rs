@@ -316,8 +316,14 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let rows = sparse_stream(20_000, 10, 500, false, 3);
     insert_stream(&db.pool, model.model_id, &rows).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let spawn = |until_empty: bool| {
-        let args = ["worker", "--batch-size", "250", "--poll-interval-ms", "20"];
+    // Fixed batches and the default adaptive ones (each restart starts small and grows) in turn.
+    let spawn = |until_empty: bool, adaptive: bool| {
+        let batches: &[&str] = if adaptive {
+            &["--min-batch", "10", "--max-batch", "250"]
+        } else {
+            &["--batch-size", "250"]
+        };
+        let args = [&["worker", "--poll-interval-ms", "20"][..], batches].concat();
         let mut cmd = olps_command(None, Some(&db.url), &args);
         cmd.env("OLPS_LOG", "warn")
             .stdout(std::process::Stdio::null())
@@ -334,8 +340,8 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             .unwrap()
     };
     let mut kills = 0;
-    for _ in 0..6 {
-        let mut child = spawn(false);
+    for round in 0..6 {
+        let mut child = spawn(false, round % 2 == 1);
         let before = applied().await;
         // Kill once it has made progress (or after a bounded wait), at a random moment.
         let wait = Duration::from_millis(rng.gen_range(50..400));
@@ -353,7 +359,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         }
     }
     assert!(kills >= 2);
-    let status = spawn(true).wait().unwrap();
+    let status = spawn(true, true).wait().unwrap();
     assert!(status.success());
     assert_eq!(applied().await, 20_000);
     let (queue, versioned): (i64, i64) = sqlx::query_as(
@@ -423,9 +429,7 @@ async fn adaptive_batches_vary_with_the_backlog_and_change_nothing_learned() {
         insert_stream(&db.pool, id, phase).await;
         loop {
             match worker.run_batch(id).await.unwrap() {
-                BatchOutcome::Applied {
-                    examples, dead, ..
-                } => {
+                BatchOutcome::Applied { examples, dead, .. } => {
                     assert_eq!(dead, 0);
                     applied.push(examples as i64);
                 }
@@ -485,7 +489,11 @@ fn worker_batch_flags_choose_fixed_or_adaptive_batches() {
     let defaults = worker(&["worker"]);
     assert_eq!(defaults.batch_size, None, "adaptive by default");
     assert_eq!(
-        (defaults.min_batch, defaults.max_batch, defaults.batch_budget_ms),
+        (
+            defaults.min_batch,
+            defaults.max_batch,
+            defaults.batch_budget_ms
+        ),
         (100, 20_000, 1000)
     );
     let fixed = worker(&["worker", "--batch-size", "250"]);
