@@ -361,7 +361,7 @@ case), `--features F` (per event, default 10) from `--feature-pool P` names (def
 `--models M` (the several-models cases, default 4), `--workers W` (default 1 and 2),
 `--batch-size B` (the fixed worker batch of the fixed-batch cases, default 1,000),
 `--min-batch`, `--max-batch`, `--batch-budget-ms` (the adaptive batching of the default-settings
-cases; default: the worker's, 100, 20,000 and 1,000 ms), `--connections C` (HTTP and SQL clients,
+cases; default: the worker's, 1,000, 20,000 and 1,000 ms), `--connections C` (HTTP and SQL clients,
 default 4), `--json FILE`, `--markdown FILE`, `--quiet`. Every size follows the flags: with
 `--events N` and no `--memory-events`, memory is measured at N/10 and N events.
 

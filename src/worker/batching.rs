@@ -34,7 +34,9 @@ pub struct AdaptiveBatching {
 }
 
 impl AdaptiveBatching {
-    pub const DEFAULT_MIN: i64 = 100;
+    /// The old fixed batch: under a load that makes 1,000 rows outlast the budget, smaller
+    /// batches only cost more per event while the backlog grows.
+    pub const DEFAULT_MIN: i64 = 1000;
     pub const DEFAULT_MAX: i64 = 20_000;
     pub const DEFAULT_BUDGET_MS: u64 = 1000;
 

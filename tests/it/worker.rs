@@ -494,7 +494,7 @@ fn worker_batch_flags_choose_fixed_or_adaptive_batches() {
             defaults.max_batch,
             defaults.batch_budget_ms
         ),
-        (100, 20_000, 1000)
+        (1000, 20_000, 1000)
     );
     let fixed = worker(&["worker", "--batch-size", "250"]);
     assert_eq!(fixed.batch_size, Some(250));
