@@ -23,12 +23,17 @@ use uuid::Uuid;
 use super::data::{self, DrainCheck, Stream};
 use super::sys::Child;
 use super::{client, Ctx, Figure, Report};
+use crate::worker::batching::AdaptiveBatching;
 use crate::worker::{Worker, WorkerConfig};
 
 /// Targets (Deliver).
 pub const TARGET_RATIO: f64 = 0.8;
 pub const TARGET_NAIVE_SPEEDUP: f64 = 100.0;
 pub const TARGET_EVENTS_PER_SEC: f64 = 10_000.0;
+/// Targets of the default settings (adaptive batching): events/s, and the ratio to a fixed batch
+/// of 1,000 in the same run.
+pub const TARGET_DEFAULT_EVENTS_PER_SEC: f64 = 25_000.0;
+pub const TARGET_DEFAULT_VS_FIXED: f64 = 3.0;
 
 /// No progress for this long fails a case.
 const STALL: Duration = Duration::from_secs(180);
@@ -165,6 +170,28 @@ pub async fn bare_drain(
     }
 }
 
+/// Bare-SQL drain of one model on one connection with the given batch sizes in turn (those an
+/// adaptive worker chose), then the last size until nothing is pending or `cancel` fires.
+pub async fn bare_drain_sizes(
+    pool: PgPool,
+    model: Uuid,
+    sizes: Arc<Vec<i64>>,
+    cancel: CancellationToken,
+) -> anyhow::Result<()> {
+    let mut conn = pool.acquire().await?;
+    let last = sizes.last().copied().unwrap_or(1000).max(1);
+    let mut next = sizes.iter().copied();
+    while !cancel.is_cancelled() {
+        let size = next.next().unwrap_or(last).max(1);
+        match bare_batch(&mut conn, model, size).await? {
+            Some(0) => return Ok(()),
+            Some(_) => {}
+            None => tokio::time::sleep(Duration::from_millis(10)).await,
+        }
+    }
+    Ok(())
+}
+
 /// Bare-SQL drain that waits for work like the worker does (LISTEN olps_feedback, or a 250 ms
 /// poll) until cancelled: the freshness baseline.
 pub async fn bare_drain_listening(
@@ -196,6 +223,8 @@ pub struct CaseResult {
     pub drift_events: i64,
     /// The rate of each run when the case was repeated.
     pub runs: Vec<f64>,
+    /// The rows of each version's batch, in version order (model by model).
+    pub batch_sizes: Vec<i64>,
 }
 
 impl CaseResult {
@@ -212,6 +241,11 @@ impl CaseResult {
         first.secs = secs;
         first.runs = rates;
         first
+    }
+
+    /// The mean rows per batch.
+    pub fn mean_batch(&self) -> f64 {
+        self.batch_sizes.iter().sum::<i64>() as f64 / self.batch_sizes.len().max(1) as f64
     }
 
     fn details(&self, figure: Figure) -> Figure {
@@ -233,6 +267,11 @@ impl CaseResult {
             )
             .detail("drift_events", self.drift_events)
             .detail("runs_events_per_sec", self.runs.clone())
+            .detail("mean_batch", self.mean_batch())
+            .detail(
+                "max_batch",
+                self.batch_sizes.iter().copied().max().unwrap_or(0),
+            )
     }
 }
 
@@ -262,14 +301,27 @@ pub async fn case(ctx: &Ctx, drainer: Drainer, shape: Shape, n: u64) -> anyhow::
     result
 }
 
-/// The shape of a drain case: workers (or bare-SQL connections), models, batch size, and the
-/// models' learner settings (None: the bench settings).
+/// The shape of a drain case: workers (or bare-SQL connections), models, batch size, the
+/// models' learner settings (None: the bench settings) and how batches are sized.
 #[derive(Debug, Clone)]
 pub struct Shape {
     pub workers: usize,
     pub models: usize,
     pub batch: i64,
     pub settings: Option<crate::learner::LearnerConfig>,
+    pub sizing: Sizing,
+}
+
+/// How a drain case sizes its batches.
+#[derive(Debug, Clone, Default)]
+pub enum Sizing {
+    /// Every batch `Shape::batch` rows.
+    #[default]
+    Fixed,
+    /// The worker's adaptive batching (olps only).
+    Adaptive(AdaptiveBatching),
+    /// These batch sizes in turn (bare SQL only, one worker, one model): an adaptive run's.
+    Replay(Arc<Vec<i64>>),
 }
 
 async fn case_on(
@@ -280,14 +332,23 @@ async fn case_on(
     n: u64,
 ) -> anyhow::Result<CaseResult> {
     let workers = shape.workers;
+    let batching = match &shape.sizing {
+        Sizing::Fixed => format!("batch {}", shape.batch),
+        Sizing::Adaptive(b) => format!(
+            "adaptive batches {}-{} within {} ms",
+            b.min,
+            b.max,
+            b.budget.as_millis()
+        ),
+        Sizing::Replay(sizes) => format!("the {} batch sizes of the adaptive run", sizes.len()),
+    };
     let what = format!(
-        "{} drain, {workers} worker(s), {} model(s), batch {}",
+        "{} drain, {workers} worker(s), {} model(s), {batching}",
         match drainer {
             Drainer::Olps => "olps",
             Drainer::BareSql => "bare-SQL",
         },
         ids.len(),
-        shape.batch
     );
     let stream = Stream::new(ctx.args.features, ctx.args.feature_pool, 7);
     {
@@ -313,12 +374,17 @@ async fn case_on(
     let started = Instant::now();
     for (k, pool) in pools.iter().enumerate() {
         let (pool, ids, cancel) = (pool.clone(), ids.to_vec(), cancel.clone());
+        let sizing = shape.sizing.clone();
         match drainer {
             Drainer::Olps => {
                 set.spawn(async move {
                     let config = WorkerConfig {
                         models: ids,
                         batch_size: batch,
+                        adaptive: match sizing {
+                            Sizing::Adaptive(bounds) => Some(bounds),
+                            _ => None,
+                        },
                         ..WorkerConfig::default()
                     };
                     Worker::new(pool, config).run(cancel).await?;
@@ -327,7 +393,12 @@ async fn case_on(
             }
             Drainer::BareSql => {
                 set.spawn(async move {
-                    bare_drain(pool, ids, batch, k, cancel.clone()).await?;
+                    match sizing {
+                        Sizing::Replay(sizes) if ids.len() == 1 => {
+                            bare_drain_sizes(pool, ids[0], sizes, cancel.clone()).await?
+                        }
+                        _ => bare_drain(pool, ids, batch, k, cancel.clone()).await?,
+                    }
                     // Stay alive until the case ends, like a worker would.
                     cancel.cancelled().await;
                     Ok(())
@@ -375,20 +446,36 @@ async fn case_on(
             .bind(ids)
             .fetch_one(&ctx.pool)
             .await?;
+    let batch_sizes = batch_sizes(&ctx.pool, ids).await?;
     let result = CaseResult {
         events: n,
         secs,
         check,
         drift_events,
         runs: Vec::new(),
+        batch_sizes,
     };
     ctx.say(&format!(
-        "{what}: {:.0} events/s ({} versions, {:.2} history rows/event)",
+        "{what}: {:.0} events/s ({} versions, mean batch {:.0}, {:.2} history rows/event)",
         result.rate(),
         result.check.versions,
+        result.mean_batch(),
         result.check.history_rows as f64 / n as f64
     ));
     Ok(result)
+}
+
+/// The rows of each version's batch (applied and dead-lettered), model by model in version order.
+async fn batch_sizes(pool: &PgPool, ids: &[Uuid]) -> anyhow::Result<Vec<i64>> {
+    Ok(sqlx::query_scalar(
+        "SELECT (v.examples + coalesce(v.dead_lettered, 0))::int8 FROM model_versions v
+         JOIN unnest($1::uuid[]) WITH ORDINALITY AS m(id, k) ON v.model_id = m.id
+         WHERE v.kind = 'gradient'
+         ORDER BY m.k, v.model_version",
+    )
+    .bind(ids)
+    .fetch_all(pool)
+    .await?)
 }
 
 /// Runs the case with olps and with the bare-SQL baseline, alternating which goes first so
@@ -410,6 +497,37 @@ async fn pair(
             bare_runs.push(case(ctx, Drainer::BareSql, shape.clone(), n).await?);
         }
         *flip = !*flip;
+    }
+    Ok((CaseResult::mean(olps_runs), CaseResult::mean(bare_runs)))
+}
+
+/// The default settings (adaptive batching) with olps, then the bare drain replaying the batch
+/// sizes the worker chose, `--repeat` times; the means.
+async fn adaptive_pair(
+    ctx: &Ctx,
+    bounds: AdaptiveBatching,
+    n: u64,
+) -> anyhow::Result<(CaseResult, CaseResult)> {
+    let mut olps_runs = Vec::new();
+    let mut bare_runs = Vec::new();
+    for _ in 0..ctx.args.repeat.max(1) {
+        let shape = Shape {
+            workers: 1,
+            models: 1,
+            batch: bounds.max,
+            settings: None,
+            sizing: Sizing::Adaptive(bounds),
+        };
+        let olps = case(ctx, Drainer::Olps, shape, n).await?;
+        let shape = Shape {
+            workers: 1,
+            models: 1,
+            batch: bounds.max,
+            settings: None,
+            sizing: Sizing::Replay(Arc::new(olps.batch_sizes.clone())),
+        };
+        bare_runs.push(case(ctx, Drainer::BareSql, shape, n).await?);
+        olps_runs.push(olps);
     }
     Ok((CaseResult::mean(olps_runs), CaseResult::mean(bare_runs)))
 }
@@ -571,6 +689,7 @@ async fn naive_case(ctx: &Ctx, n: u64) -> anyhow::Result<CaseResult> {
             check,
             drift_events: 0,
             runs: Vec::new(),
+            batch_sizes: Vec::new(),
         })
     }
     .await;
@@ -679,6 +798,8 @@ async fn memory_case_on(ctx: &Ctx, model: Uuid, n: u64) -> anyhow::Result<Memory
     let serve_peak_kib = serve.stop().await;
 
     let done = Arc::new(AtomicU64::new(0));
+    // The worker with its default settings (adaptive batching, as the bench's flags bound it).
+    let bounds = ctx.adaptive()?;
     let started = Instant::now();
     let worker = Child::spawn(
         &bin,
@@ -687,8 +808,12 @@ async fn memory_case_on(ctx: &Ctx, model: Uuid, n: u64) -> anyhow::Result<Memory
             "--until-empty".into(),
             "--model".into(),
             model.to_string(),
-            "--batch-size".into(),
-            ctx.args.batch_size.to_string(),
+            "--min-batch".into(),
+            bounds.min.to_string(),
+            "--max-batch".into(),
+            bounds.max.to_string(),
+            "--batch-budget-ms".into(),
+            bounds.budget.as_millis().to_string(),
         ],
         &ctx.url,
     )?;
@@ -759,6 +884,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                 models: m,
                 batch,
                 settings: None,
+                sizing: Sizing::Fixed,
             };
             let (olps, bare) = pair(ctx, &shape, n, &mut flip).await?;
             let name = format!(
@@ -786,6 +912,65 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     }
 
     if let (Some(single), Some(bare)) = (&olps_single, &bare_single) {
+        // The default settings: batches sized from the backlog, against the fixed batch above
+        // and against the bare drain at the very batch sizes the worker chose.
+        let bounds = ctx.adaptive()?;
+        let (default, replayed) = adaptive_pair(ctx, bounds, n).await?;
+        let described = format!(
+            "adaptive {}-{} rows within {} ms; mean batch {:.0}, largest {}, {} versions",
+            bounds.min,
+            bounds.max,
+            bounds.budget.as_millis(),
+            default.mean_batch(),
+            default.batch_sizes.iter().copied().max().unwrap_or(0),
+            default.check.versions
+        );
+        report.add(
+            default
+                .details(
+                    Figure::new(
+                        "drain",
+                        "1 worker, 1 model, default settings",
+                        "events/s",
+                        default.rate(),
+                    )
+                    .baseline(&format!("olps, fixed batch {batch}"), single.rate())
+                    .target_ratio_at_least(TARGET_DEFAULT_VS_FIXED)
+                    .note(described.clone()),
+                )
+                .detail("batch_sizes", default.batch_sizes.clone()),
+        );
+        report.add(
+            default.details(
+                Figure::new(
+                    "drain",
+                    "1 worker, 1 model, default settings, against the bare drain",
+                    "events/s",
+                    default.rate(),
+                )
+                .baseline(
+                    "bare set-based SQL drain, the same batch sizes",
+                    replayed.rate(),
+                )
+                .target_ratio_at_least(TARGET_RATIO),
+            ),
+        );
+        report.add(
+            default.details(
+                Figure::new(
+                    "drain",
+                    "1 worker, 1 model, default settings: absolute",
+                    "events/s",
+                    default.rate(),
+                )
+                .target_value_at_least(TARGET_DEFAULT_EVENTS_PER_SEC, "events/s")
+                .note(format!(
+                    "{} events of {} features from {} names",
+                    n, ctx.args.features, ctx.args.feature_pool
+                )),
+            ),
+        );
+
         // What the default settings cost: the same case with drift detection off (no drift
         // adaptations, so no automatic snapshots before them).
         let mut no_drift = ctx.settings()?;
@@ -795,6 +980,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             models: 1,
             batch,
             settings: Some(no_drift),
+            sizing: Sizing::Fixed,
         };
         let quiet = case(ctx, Drainer::Olps, shape, n).await?;
         let drifts = single.drift_events;
@@ -832,6 +1018,7 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                 models: 1,
                 batch: b,
                 settings: None,
+                sizing: Sizing::Fixed,
             };
             let (olps, bare) = pair(ctx, &shape, n, &mut flip).await?;
             report.add(
@@ -888,6 +1075,16 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
                 ),
             ),
         );
+        report.add(
+            Figure::new(
+                "drain",
+                "speedup over the naive design, default settings",
+                "events/s",
+                default.rate(),
+            )
+            .baseline(&format!("naive design, {naive_n} events"), naive.rate())
+            .target_ratio_at_least(TARGET_NAIVE_SPEEDUP),
+        );
         if best_batch != batch {
             report.add(
                 Figure::new(
@@ -902,11 +1099,13 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
         }
     }
 
-    let sizes = ctx
-        .args
-        .memory_events
-        .clone()
-        .unwrap_or_else(|| vec![100_000, 1_000_000]);
+    // Memory at two stream sizes, ten times apart: --memory-events, else a tenth of --events and
+    // --events, else 100k and 1M.
+    let sizes = match (&ctx.args.memory_events, ctx.args.events) {
+        (Some(sizes), _) => sizes.clone(),
+        (None, Some(events)) => vec![(events / 10).max(1), events.max(1)],
+        (None, None) => vec![100_000, 1_000_000],
+    };
     let mut first: Option<MemoryResult> = None;
     for size in sizes.into_iter().filter(|s| *s > 0) {
         let mem = memory_case(ctx, size).await?;

@@ -32,6 +32,7 @@ use uuid::Uuid;
 
 use crate::learner::{LearnerConfig, ModelKind};
 use crate::models::{self, Model, NewModel};
+use crate::worker::batching::AdaptiveBatching;
 
 pub use report::{Figure, Report};
 
@@ -105,9 +106,20 @@ pub struct BenchArgs {
     /// Worker count in drain (default: 1 and 2).
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=64))]
     pub workers: Option<u64>,
-    /// Queue rows per worker batch (one transaction, one version); the baseline uses the same.
+    /// Queue rows per worker batch in the fixed-batch cases (one transaction, one version); the
+    /// baseline uses the same. The default-settings cases (drain, freshness) batch adaptively.
     #[arg(long, default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
     pub batch_size: i64,
+    /// Adaptive batching of the default-settings cases: smallest claim (default: the worker's).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub min_batch: Option<i64>,
+    /// Adaptive batching of the default-settings cases: largest claim (default: the worker's).
+    #[arg(long, value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub max_batch: Option<i64>,
+    /// Adaptive batching of the default-settings cases: latency budget of one batch in ms
+    /// (default: the worker's).
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=600_000))]
+    pub batch_budget_ms: Option<u64>,
     /// Concurrent client connections (ingest, predict).
     #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u64).range(1..=256))]
     pub connections: u64,
@@ -167,6 +179,9 @@ impl BenchArgs {
             models: 4,
             workers: None,
             batch_size: 1000,
+            min_batch: None,
+            max_batch: None,
+            batch_budget_ms: None,
             connections: 4,
             rate: 1000.0,
             duration: 10.0,
@@ -235,6 +250,23 @@ impl Ctx {
         .await?;
         self.created.lock().unwrap().push(model.model_id);
         Ok(model)
+    }
+
+    /// The worker's adaptive batching with --min-batch, --max-batch and --batch-budget-ms.
+    pub fn adaptive(&self) -> anyhow::Result<AdaptiveBatching> {
+        let default = AdaptiveBatching::default();
+        let max = self.args.max_batch.unwrap_or(default.max);
+        let bounds = AdaptiveBatching {
+            // A --max-batch below the default minimum lowers the minimum with it.
+            min: self.args.min_batch.unwrap_or(default.min.min(max)),
+            max,
+            budget: self
+                .args
+                .batch_budget_ms
+                .map_or(default.budget, Duration::from_millis),
+        };
+        bounds.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+        Ok(bounds)
     }
 
     /// The learner settings of bench models: --settings, else the defaults.

@@ -352,20 +352,24 @@ cargo build --release
 # the embedded default database (.olps/), or any PostgreSQL with DATABASE_URL=postgres://...
 target/release/olps bench all --markdown docs/BENCHMARKS.md --json bench.json
 target/release/olps bench drain --events 100000 --batch-size 2000 --workers 1
+target/release/olps bench drain --events 5000 --workers 1 --models 1   # quick: every size follows the flags
 ```
 
 Every scenario creates its own models (named `bench-…`) and deletes them and all their rows when
 it ends. Progress lines go to stderr, the table to stdout. Common options: `--events N` (per
 case), `--features F` (per event, default 10) from `--feature-pool P` names (default 10,000),
 `--models M` (the several-models cases, default 4), `--workers W` (default 1 and 2),
-`--batch-size B` (worker batch, default 1,000), `--connections C` (HTTP and SQL clients,
-default 4), `--json FILE`, `--markdown FILE`, `--quiet`.
+`--batch-size B` (the fixed worker batch of the fixed-batch cases, default 1,000),
+`--min-batch`, `--max-batch`, `--batch-budget-ms` (the adaptive batching of the default-settings
+cases; default: the worker's, 1,000, 20,000 and 1,000 ms), `--connections C` (HTTP and SQL clients,
+default 4), `--json FILE`, `--markdown FILE`, `--quiet`. Every size follows the flags: with
+`--events N` and no `--memory-events`, memory is measured at N/10 and N events.
 
 | scenario | what it measures | baseline (same run) |
 | --- | --- | --- |
 | `ingest` | feedback events/s through `POST /v1/models/{m}/feedback` (1,000 events a request, C connections, service in-process on 127.0.0.1:0), a plain SQL multi-row INSERT and a COPY (C connections, 1,000 rows a statement), queue trigger on | the same rows COPYed by a bare client with the trigger on |
-| `drain` | events/s turned into committed parameter updates with full history (1 and 2 workers, 1 and M models), the naive design, and the peak resident memory of `olps worker --until-empty` and `olps serve` (ingest) as child processes at `--memory-events` (default 100k and 1M) | a bare set-based SQL drain: the same claim, upsert, history insert and acknowledgement per batch, with no learning |
-| `freshness` | delay from a feedback row's commit to the commit of the first model version that includes it, at `--rate` events/s for `--duration` s, measured client-side (insert return → receipt of the version's NOTIFY, sent at commit) | the bare set-based drain woken the same way |
+| `drain` | events/s turned into committed parameter updates with full history (1 and 2 workers, 1 and M models, fixed batch), the worker's default settings (adaptive batching: against the fixed batch and against the bare drain replaying the batch sizes the worker chose), the naive design, and the peak resident memory of `olps worker --until-empty` (default settings) and `olps serve` (ingest) as child processes at `--memory-events` (default 100k and 1M, or N/10 and N with `--events N`) | a bare set-based SQL drain: the same claim, upsert, history insert and acknowledgement per batch, with no learning |
+| `freshness` | delay from a feedback row's commit to the commit of the first model version that includes it, at `--rate` events/s for `--duration` s, the worker with its default settings, measured client-side (insert return → receipt of the version's NOTIFY, sent at commit) | the bare set-based drain woken the same way |
 | `predict` | predictions/s and latency (server time from the `Server-Timing` header, and round trip), batch 1 and 100, C keep-alive connections from a Rust client in the same process, while a worker commits new versions | PostgreSQL computing the same predictions: one SQL statement per request joining the features with `model_parameters` |
 | `snapshot` | snapshot, rollback and point-in-time read of models with `--snapshot-params` parameters (default 100k, 1M) | copying the model's parameter rows with one INSERT … SELECT |
 | `learn` | the learner alone on `--data` (default: the built-in tests/data/seed_stream.csv), every optimizer: prequential loss / accuracy and events/s | prequential loss of the running-mean predictor; accuracy of the majority class |

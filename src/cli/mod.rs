@@ -17,6 +17,7 @@ use crate::learner::{LearnerConfig, LrSchedule, ModelKind, OptimizerKind};
 use crate::models::{self, NewModel};
 use crate::runtime;
 use crate::schema;
+use crate::worker::batching::AdaptiveBatching;
 use crate::worker::{Worker, WorkerConfig};
 
 mod access;
@@ -109,9 +110,24 @@ pub struct WorkerArgs {
     /// Only these models (UUID or name; repeat the flag). Default: every model.
     #[arg(long = "model")]
     pub models: Vec<String>,
-    /// Queue rows per model batch (one transaction, one new version).
-    #[arg(long, env = "OLPS_BATCH_SIZE", default_value_t = 1000, value_parser = clap::value_parser!(i64).range(1..=100_000))]
-    pub batch_size: i64,
+    /// A fixed number of queue rows per model batch (one transaction, one new version). Without
+    /// it each batch is sized from the model's backlog (--min-batch, --max-batch,
+    /// --batch-budget-ms).
+    #[arg(long, env = "OLPS_BATCH_SIZE", value_parser = clap::value_parser!(i64).range(1..=100_000))]
+    pub batch_size: Option<i64>,
+    /// Adaptive batching: the smallest claim (a shallow queue).
+    #[arg(long, env = "OLPS_MIN_BATCH", default_value_t = AdaptiveBatching::DEFAULT_MIN,
+          value_parser = clap::value_parser!(i64).range(1..=100_000), conflicts_with = "batch_size")]
+    pub min_batch: i64,
+    /// Adaptive batching: the largest claim (a backlog), bounding memory and transaction length.
+    #[arg(long, env = "OLPS_MAX_BATCH", default_value_t = AdaptiveBatching::DEFAULT_MAX,
+          value_parser = clap::value_parser!(i64).range(1..=100_000), conflicts_with = "batch_size")]
+    pub max_batch: i64,
+    /// Adaptive batching: how long one batch may take (claim to commit), in milliseconds, as far
+    /// as --min-batch allows.
+    #[arg(long, env = "OLPS_BATCH_BUDGET_MS", default_value_t = AdaptiveBatching::DEFAULT_BUDGET_MS,
+          value_parser = clap::value_parser!(u64).range(1..=600_000), conflicts_with = "batch_size")]
+    pub batch_budget_ms: u64,
     /// Exit once no pending feedback is left for the selected models.
     #[arg(long)]
     pub until_empty: bool,
@@ -153,9 +169,22 @@ impl WorkerArgs {
         for key in &self.models {
             ids.push(models::resolve_id(pool, key).await?);
         }
+        let adaptive = match self.batch_size {
+            Some(_) => None,
+            None => {
+                let bounds = AdaptiveBatching {
+                    min: self.min_batch,
+                    max: self.max_batch,
+                    budget: Duration::from_millis(self.batch_budget_ms),
+                };
+                bounds.validate().map_err(|e| anyhow::anyhow!("{e}"))?;
+                Some(bounds)
+            }
+        };
         Ok(WorkerConfig {
             models: ids,
-            batch_size: self.batch_size,
+            batch_size: self.batch_size.unwrap_or(self.max_batch),
+            adaptive,
             poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
             until_empty: self.until_empty,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),

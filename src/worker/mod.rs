@@ -2,6 +2,7 @@
 //! commits each model batch in one transaction (parameters, history, version, metrics,
 //! acknowledgement, notification), so every event is applied exactly once or dead-lettered.
 
+pub mod batching;
 pub mod drift;
 pub mod examples;
 pub mod maintenance;
@@ -14,6 +15,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use self::batching::{AdaptiveBatching, BatchSizer};
 use crate::learner::{reset_state, Learner, ModelKind, ParamState, INTERCEPT};
 use crate::models::{self, ModelError, ModelStatus};
 use crate::params::{self, ParamChange, UpdateType};
@@ -106,8 +108,12 @@ impl WorkerError {
 pub struct WorkerConfig {
     /// Only these models (empty: all).
     pub models: Vec<Uuid>,
-    /// Queue rows claimed per model batch.
+    /// Queue rows claimed per model batch when `adaptive` is None (fixed batches: the same
+    /// stream always gives the same versions, as tests and the demo want).
     pub batch_size: i64,
+    /// Each batch sized from the model's backlog within these bounds ([`batching`]); `batch_size`
+    /// is then not used. `olps worker` uses this unless given `--batch-size`.
+    pub adaptive: Option<AdaptiveBatching>,
     /// How often to look for work when no notification arrives.
     pub poll_interval: Duration,
     /// Stop once no pending rows remain for the selected active models.
@@ -130,6 +136,7 @@ impl Default for WorkerConfig {
         WorkerConfig {
             models: Vec::new(),
             batch_size: 1000,
+            adaptive: None,
             poll_interval: Duration::from_millis(250),
             until_empty: false,
             source: "feedback".into(),
@@ -218,6 +225,8 @@ pub struct Worker {
     config: WorkerConfig,
     cache: HashMap<Uuid, Cached>,
     isolation: HashMap<Uuid, Isolation>,
+    /// Each model's adaptive claim limit (with `config.adaptive`).
+    sizers: HashMap<Uuid, BatchSizer>,
     /// Models whose stored state is unreadable, and when to look at them again.
     unreadable: HashMap<Uuid, Instant>,
     maintenance_checked: Option<Instant>,
@@ -231,17 +240,51 @@ impl Worker {
             config,
             cache: HashMap::new(),
             isolation: HashMap::new(),
+            sizers: HashMap::new(),
             unreadable: HashMap::new(),
             maintenance_checked: None,
             maintenance: None,
         }
     }
 
-    /// The rows the next claim of a model takes.
+    /// The rows the next claim of a model takes: a split's limit after a failure, else the
+    /// fixed batch size or the model's adaptive limit.
     fn claim_limit(&self, model_id: Uuid) -> i64 {
-        self.isolation
-            .get(&model_id)
-            .map_or(self.config.batch_size, |i| i.limit)
+        match self.isolation.get(&model_id) {
+            Some(iso) => iso.limit,
+            None => self.batch_limit(model_id),
+        }
+    }
+
+    /// The claim limit outside of a split.
+    fn batch_limit(&self, model_id: Uuid) -> i64 {
+        match self.config.adaptive {
+            Some(bounds) => self
+                .sizers
+                .get(&model_id)
+                .map_or(bounds.min, BatchSizer::limit),
+            None => self.config.batch_size,
+        }
+    }
+
+    /// What a claim of `limit` rows found (`claimed` rows; the batch took `elapsed`), for the
+    /// adaptive limit. A claim made while splitting says nothing about the backlog.
+    fn sized(&mut self, model_id: Uuid, limit: i64, claimed: usize, elapsed: Duration) {
+        let Some(bounds) = self.config.adaptive else {
+            return;
+        };
+        if self.isolation.contains_key(&model_id) {
+            return;
+        }
+        let sizer = self
+            .sizers
+            .entry(model_id)
+            .or_insert_with(|| BatchSizer::new(bounds));
+        if claimed == 0 {
+            sizer.observe_empty();
+        } else {
+            sizer.observe(limit, claimed, elapsed);
+        }
     }
 
     /// Whether some model is being split after a failure (its next attempt should not wait).
@@ -295,6 +338,7 @@ impl Worker {
             Ok(rows) if rows.is_empty() => {
                 tx.rollback().await?;
                 self.isolation.remove(&model_id);
+                self.sized(model_id, limit, 0, started.elapsed());
                 return Ok(BatchOutcome::Empty);
             }
             Ok(rows) => rows,
@@ -313,6 +357,8 @@ impl Worker {
         };
         match attempt {
             Ok(done) => {
+                // Sized before `applied` ends a split: the claim was made while splitting.
+                self.sized(model_id, limit, rows.len(), started.elapsed());
                 self.applied(model_id, rows.len());
                 Ok(self.after_commit(&model, done, started).await)
             }
@@ -348,7 +394,7 @@ impl Worker {
         let model_id = model.model_id;
         let transient = error.is_transient();
         crate::metrics::worker_failure(&model.name, transient);
-        let batch_size = self.config.batch_size;
+        let batch_size = self.batch_limit(model_id);
         let iso = self.isolation.entry(model_id).or_insert(Isolation {
             window: 0,
             limit: batch_size,

@@ -316,8 +316,14 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     let rows = sparse_stream(20_000, 10, 500, false, 3);
     insert_stream(&db.pool, model.model_id, &rows).await;
     let mut rng = rand::rngs::StdRng::seed_from_u64(5);
-    let spawn = |until_empty: bool| {
-        let args = ["worker", "--batch-size", "250", "--poll-interval-ms", "20"];
+    // Fixed batches and the default adaptive ones (each restart starts small and grows) in turn.
+    let spawn = |until_empty: bool, adaptive: bool| {
+        let batches: &[&str] = if adaptive {
+            &["--min-batch", "10", "--max-batch", "250"]
+        } else {
+            &["--batch-size", "250"]
+        };
+        let args = [&["worker", "--poll-interval-ms", "20"][..], batches].concat();
         let mut cmd = olps_command(None, Some(&db.url), &args);
         cmd.env("OLPS_LOG", "warn")
             .stdout(std::process::Stdio::null())
@@ -334,8 +340,8 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
             .unwrap()
     };
     let mut kills = 0;
-    for _ in 0..6 {
-        let mut child = spawn(false);
+    for round in 0..6 {
+        let mut child = spawn(false, round % 2 == 1);
         let before = applied().await;
         // Kill once it has made progress (or after a bounded wait), at a random moment.
         let wait = Duration::from_millis(rng.gen_range(50..400));
@@ -353,7 +359,7 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         }
     }
     assert!(kills >= 2);
-    let status = spawn(true).wait().unwrap();
+    let status = spawn(true, true).wait().unwrap();
     assert!(status.success());
     assert_eq!(applied().await, 20_000);
     let (queue, versioned): (i64, i64) = sqlx::query_as(
@@ -382,4 +388,125 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
     assert_linear_history(&db.pool, model.model_id).await;
     // Exactly once and in order: the result equals one uninterrupted pass in memory.
     assert_params_equal(&db.pool, model.model_id, &learn_in_memory(&model, &rows)).await;
+}
+
+/// Adaptive batching (the default of `olps worker`): batch sizes follow the backlog — small from
+/// a shallow queue, doubling under a backlog up to the maximum, small again after a burst — and
+/// whatever the sizes, every event is applied once, each batch is one version, the history is
+/// linear and the parameters equal the learner's in memory bit for bit.
+#[tokio::test]
+async fn adaptive_batches_vary_with_the_backlog_and_change_nothing_learned() {
+    use olps::worker::batching::AdaptiveBatching;
+    use olps::worker::{BatchOutcome, Worker, WorkerConfig};
+
+    let db = TestDb::new().await;
+    let model = create_model(
+        &db.pool,
+        "adaptive",
+        ModelKind::Logistic,
+        config(OptimizerKind::Adam, 0.05),
+    )
+    .await;
+    let id = model.model_id;
+    let rows = sparse_stream(1_269, 6, 60, true, 23);
+    // A budget no batch here comes near: the sizes depend on the backlog alone.
+    let bounds = AdaptiveBatching {
+        min: 3,
+        max: 150,
+        budget: Duration::from_secs(3600),
+    };
+    let mut worker = Worker::new(
+        db.pool.clone(),
+        WorkerConfig {
+            models: vec![id],
+            adaptive: Some(bounds),
+            ..WorkerConfig::default()
+        },
+    );
+    let mut applied = Vec::new();
+    // A trickle (shallow queue), a large burst (a backlog), then a small burst.
+    for phase in [&rows[..20], &rows[20..1_229], &rows[1_229..]] {
+        insert_stream(&db.pool, id, phase).await;
+        loop {
+            match worker.run_batch(id).await.unwrap() {
+                BatchOutcome::Applied { examples, dead, .. } => {
+                    assert_eq!(dead, 0);
+                    applied.push(examples as i64);
+                }
+                BatchOutcome::Empty => break,
+                other => panic!("unexpected batch outcome {other:?}"),
+            }
+        }
+    }
+
+    // The sizes the worker chose, as the versions recorded them.
+    let sizes: Vec<i64> = sqlx::query_scalar(
+        "SELECT examples::int8 FROM model_versions WHERE model_id = $1 ORDER BY model_version",
+    )
+    .bind(id)
+    .fetch_all(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(sizes, applied, "one version per applied batch");
+    assert_eq!(sizes.iter().sum::<i64>(), rows.len() as i64);
+    // From the minimum, doubling while claims come back full; a claim that empties the queue
+    // sets the next limit to twice what it found: 20 rows (3, 6, then the 11 left); the burst
+    // of 1,209 from twice 11 up to the maximum (22 … 150), ending with the 5 left; the last
+    // 40 rows from twice 5 (10, 20, then the 10 left).
+    let mut expected_sizes = vec![3, 6, 11, 22, 44, 88];
+    expected_sizes.extend([150; 7]);
+    expected_sizes.extend([5, 10, 20, 10]);
+    assert_eq!(sizes, expected_sizes);
+
+    // Exactly once: every event processed by a version, none pending, none dead.
+    let (processed, unapplied, queued): (i64, i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE processed),
+                count(*) FILTER (WHERE applied_version IS NULL),
+                (SELECT count(*) FROM feedback_queue WHERE model_id = $1)
+         FROM feedback_events WHERE model_id = $1",
+    )
+    .bind(id)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!((processed, unapplied, queued), (rows.len() as i64, 0, 0));
+    let expected = learn_in_memory(&model, &rows);
+    assert_params_equal(&db.pool, id, &expected).await;
+    let version = assert_linear_history(&db.pool, id).await;
+    assert_eq!(version, sizes.len() as i64);
+}
+
+#[test]
+fn worker_batch_flags_choose_fixed_or_adaptive_batches() {
+    use clap::Parser;
+    let parse = |args: &[&str]| {
+        olps::cli::Cli::try_parse_from(std::iter::once("olps").chain(args.iter().copied()))
+    };
+    let worker = |args: &[&str]| match parse(args).expect("parses").command {
+        olps::cli::Command::Worker(w) => w,
+        other => panic!("parsed as {other:?}"),
+    };
+    let defaults = worker(&["worker"]);
+    assert_eq!(defaults.batch_size, None, "adaptive by default");
+    assert_eq!(
+        (
+            defaults.min_batch,
+            defaults.max_batch,
+            defaults.batch_budget_ms
+        ),
+        (1000, 20_000, 1000)
+    );
+    let fixed = worker(&["worker", "--batch-size", "250"]);
+    assert_eq!(fixed.batch_size, Some(250));
+    let bounded = worker(&["worker", "--max-batch", "5000", "--batch-budget-ms", "100"]);
+    assert_eq!((bounded.max_batch, bounded.batch_budget_ms), (5000, 100));
+    // A fixed size and adaptive bounds contradict each other: refused, naming both.
+    let err = parse(&["worker", "--batch-size", "250", "--max-batch", "5000"])
+        .expect_err("conflicting flags")
+        .to_string();
+    assert!(
+        err.contains("--batch-size") && err.contains("--max-batch"),
+        "{err}"
+    );
+    assert!(parse(&["worker", "--min-batch", "0"]).is_err());
 }
