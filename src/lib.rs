@@ -29,6 +29,7 @@ pub mod models;
 pub mod monitor;
 pub mod params;
 pub mod pgtls;
+pub mod retention;
 pub mod runtime;
 pub mod schema;
 pub mod serving;

@@ -21,9 +21,11 @@ use crate::worker::{Worker, WorkerConfig};
 
 mod access;
 mod deadletters;
+mod retention;
 mod timeline;
 pub use access::{AccessArgs, TokenCommand};
 pub use deadletters::{DeadlettersCommand, RequeueArgs};
+pub use retention::RetentionCommand;
 pub use timeline::{
     HistoryArgs, HistoryCommand, OutputFormat, ParamsArgs, RollbackArgs, SnapshotCommand,
 };
@@ -72,6 +74,9 @@ pub enum Command {
     /// Feedback the worker set aside: list it with its reasons, requeue it once fixed.
     #[command(subcommand)]
     Deadletters(DeadlettersCommand),
+    /// How long each model keeps its traffic rows: show and set the policy, apply it now.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
 }
 
 #[derive(Debug, Args)]
@@ -121,6 +126,11 @@ pub struct WorkerArgs {
     /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9091.
     #[arg(long, env = "OLPS_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
+    /// Seconds between applications of each model's retention policy (`olps retention`); 0: the
+    /// worker does not apply it.
+    #[arg(long, env = "OLPS_RETENTION_INTERVAL_SECS",
+          default_value_t = crate::worker::maintenance::RETENTION_EVERY.as_secs())]
+    pub retention_interval_secs: u64,
 }
 
 /// Starts `GET /metrics` on `--metrics-listen` when given.
@@ -154,6 +164,8 @@ impl WorkerArgs {
             batch_size: self.batch_size,
             poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
             until_empty: self.until_empty,
+            retention_every: (self.retention_interval_secs > 0)
+                .then(|| Duration::from_secs(self.retention_interval_secs)),
             ..WorkerConfig::default()
         })
     }
@@ -377,6 +389,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => crate::bench::run(args).await.map(|_| ()),
         Command::Token(command) => access::run_token(command).await,
         Command::Deadletters(command) => deadletters::run(command).await,
+        Command::Retention(command) => retention::run(command).await,
     }
 }
 

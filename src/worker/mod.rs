@@ -109,6 +109,9 @@ pub struct WorkerConfig {
     /// How long a model whose stored state cannot be read is left alone before the worker looks
     /// at it again.
     pub unreadable_retry: Duration,
+    /// How often each model's retention policy is applied ([`maintenance`], [`crate::retention`]);
+    /// None: never (then `olps retention run` does it).
+    pub retention_every: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -121,6 +124,7 @@ impl Default for WorkerConfig {
             source: "feedback".into(),
             maintenance_check: Some(Duration::from_secs(1)),
             unreadable_retry: Duration::from_secs(30),
+            retention_every: Some(maintenance::RETENTION_EVERY),
         }
     }
 }
@@ -683,7 +687,11 @@ impl Worker {
             return;
         }
         self.maintenance_checked = Some(Instant::now());
-        self.maintenance = Some(tokio::spawn(maintenance::run(self.pool.clone())));
+        let retention = self
+            .config
+            .retention_every
+            .map(|every| (self.config.models.clone(), every));
+        self.maintenance = Some(tokio::spawn(maintenance::run(self.pool.clone(), retention)));
     }
 
     /// Runs until `shutdown` is cancelled (or, with `until_empty`, until no work is left). A
