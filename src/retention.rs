@@ -829,7 +829,7 @@ async fn advance_floor(
     .await?;
     let (snapshot_id, taken) = match existing {
         Some(id) => (id, false),
-        None => match snapshot_at(&mut *tx, model_id, version, h).await? {
+        None => match snapshot_at(&mut tx, model_id, version, h).await? {
             Some(id) => (id, true),
             None => {
                 tx.rollback().await?;
@@ -1068,7 +1068,7 @@ pub async fn run_due(
         .await?;
         let mut reports = Vec::new();
         for model_id in due {
-            match run_model(&mut *conn, model_id, limits, false).await {
+            match run_model(&mut conn, model_id, limits, false).await {
                 Ok(report) => reports.push(report),
                 Err(e) => {
                     tracing::warn!(%model_id, error = %e, "retention run failed; next run retries");
@@ -1086,7 +1086,7 @@ pub async fn run_due(
                         complete: false,
                         notes: Vec::new(),
                     };
-                    record(&mut *conn, &stamp).await?;
+                    record(&mut conn, &stamp).await?;
                 }
             }
         }
@@ -1125,7 +1125,7 @@ pub async fn run_now(
     let mut reports = Vec::new();
     let mut failure = None;
     for id in ids {
-        match run_model(&mut *conn, id, limits, dry_run).await {
+        match run_model(&mut conn, id, limits, dry_run).await {
             Ok(r) => reports.push(r),
             Err(e) => {
                 failure = Some(e);

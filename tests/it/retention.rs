@@ -129,7 +129,7 @@ async fn scenario(prefix: &str) -> Scenario {
     // drift adaptation.
     let mut tx = pool.begin().await.unwrap();
     for label in [None, Some("olps:before-adaptation-v4")] {
-        snapshots::copy(&mut *tx, id, 4, 80, label, SnapshotKind::Auto)
+        snapshots::copy(&mut tx, id, 4, 80, label, SnapshotKind::Auto)
             .await
             .unwrap();
     }
@@ -325,14 +325,18 @@ async fn the_default_policy_trims_each_table_and_keeps_what_is_still_needed() {
     let (pool, id) = (&s.db.pool, s.model_id);
     let before = table_counts(pool, id).await;
 
-    // Small batches, so every table takes several.
+    // Small batches, so every table takes several; as the worker's role, whose grants must
+    // cover all of it.
     let limits = Limits {
         batch_rows: 7,
         max_batches: None,
     };
-    let reports = retention::run_now(pool, &[id], limits, false)
+    let role = crate::roles::LoginRole::new(&s.db, "olps_worker").await;
+    let worker_pool = role.pool(&s.db).await;
+    let reports = retention::run_now(&worker_pool, &[id], limits, false)
         .await
         .unwrap();
+    worker_pool.close().await;
     let r = &reports[0];
     assert!(r.complete, "{:?}", r.notes);
     let after = table_counts(pool, id).await;
@@ -764,7 +768,7 @@ async fn the_worker_applies_each_models_policy() {
     let mut conn = pool.acquire().await.unwrap();
     let mut policy = retention::RetentionPolicy::default();
     policy.set(retention::Part::PredictionLog, None);
-    retention::set_policy(&mut *conn, kept, &policy)
+    retention::set_policy(&mut conn, kept, &policy)
         .await
         .unwrap();
     drop(conn);
