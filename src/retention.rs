@@ -452,20 +452,30 @@ async fn trim(
         return Ok((n, true));
     }
     let sql = delete.replace("{candidates}", candidates);
-    let mut total = 0;
-    let mut batches = 0;
+    let (mut total, mut batches) = (0, 0);
     loop {
         if limits.max_batches.is_some_and(|max| batches >= max) {
             return Ok((total, false));
         }
         let started = std::time::Instant::now();
+        let mut tx = conn.begin().await?;
+        // The rows of a batch are found by key, never by hashing or sorting the whole table
+        // against them: a hash join read all 200,000 rows of prediction_log for every batch of
+        // 5,000 (1.2 s a batch; shared server, autovacuum off).
+        sqlx::query(
+            "SELECT set_config('enable_hashjoin', 'off', true),
+                    set_config('enable_mergejoin', 'off', true)",
+        )
+        .execute(&mut *tx)
+        .await?;
         let n: i64 = sqlx::query_scalar(&sql)
             .bind(model_id)
             .bind(horizon)
             .bind(bound)
             .bind(limits.batch_rows)
-            .fetch_one(&mut *conn)
+            .fetch_one(&mut *tx)
             .await?;
+        tx.commit().await?;
         tracing::debug!(%model_id, rows = n, ms = started.elapsed().as_secs_f64() * 1e3,
             table = sql.split("DELETE FROM ").nth(1).and_then(|t| t.split_whitespace().next()),
             "retention batch");
