@@ -799,19 +799,21 @@ async fn the_worker_applies_each_models_policy() {
     });
     let deadline = std::time::Instant::now() + Duration::from_secs(30);
     loop {
-        let runs = count(
-            pool,
-            "SELECT count(*) FROM retention_stats WHERE model_id = $1",
-            kept,
+        // Both models' runs recorded (a run records what it deleted when it ends).
+        let runs: i64 = sqlx::query_scalar(
+            "SELECT count(DISTINCT model_id) FROM retention_stats WHERE model_id = ANY($1)",
         )
-        .await;
+        .bind(vec![kept, trimmed])
+        .fetch_one(pool)
+        .await
+        .unwrap();
         let left = count(
             pool,
             "SELECT count(*) FROM prediction_log WHERE model_id = $1",
             trimmed,
         )
         .await;
-        if runs > 0 && left == 1 {
+        if runs == 2 && left == 1 {
             break;
         }
         assert!(
