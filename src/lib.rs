@@ -31,6 +31,7 @@ pub mod monitor;
 pub mod notify;
 pub mod params;
 pub mod pgtls;
+pub mod retention;
 pub mod runtime;
 pub mod schema;
 pub mod serving;

@@ -31,6 +31,10 @@
 //!   `queue_oldest_pending_age_seconds{model}`, `queue_dead_letters{model}`,
 //!   `model_version{model}`, `model_prequential_loss{model}` (mean loss of the latest learned
 //!   version).
+//! - at scrape time, retention (`retention_stats`, written by every run in any process):
+//!   `retention_rows_deleted{model,table}` (rows retention deleted from the table, since the
+//!   model was created), `retention_last_run_timestamp_seconds{model}` (Unix time of the last
+//!   run over the model).
 //!
 //! The `model` label is the model's name (its UUID for queue rows of an unknown model).
 
@@ -413,7 +417,47 @@ async fn database_gauges(pool: &PgPool) -> Result<Registry, sqlx::Error> {
             loss.with_label_values(&[model]).set(*l);
         }
     }
+    retention_gauges(pool, &registry).await?;
     Ok(registry)
+}
+
+/// What retention deleted per model and table, and when it last ran (`retention_stats`).
+async fn retention_gauges(pool: &PgPool, registry: &Registry) -> Result<(), sqlx::Error> {
+    let deleted = GaugeVec::new(
+        Opts::new(
+            "olps_retention_rows_deleted",
+            "Rows retention deleted from the table for the model (cumulative, every process)",
+        ),
+        &["model", "table"],
+    )
+    .expect("valid metric");
+    let last_run = GaugeVec::new(
+        Opts::new(
+            "olps_retention_last_run_timestamp_seconds",
+            "Unix time of the last retention run over the model",
+        ),
+        &["model"],
+    )
+    .expect("valid metric");
+    for g in [&deleted, &last_run] {
+        registry
+            .register(Box::new(g.clone()))
+            .expect("unique metric");
+    }
+    let rows: Vec<(String, String, i64, f64)> = sqlx::query_as(
+        "SELECT m.name, s.table_name, s.rows_deleted, extract(epoch FROM s.last_run_at)::float8
+         FROM retention_stats s JOIN models m ON m.model_id = s.model_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (model, table, rows_deleted, at) in &rows {
+        deleted
+            .with_label_values(&[model, table])
+            .set(*rows_deleted as f64);
+        let g = last_run.with_label_values(&[model]);
+        g.set(g.get().max(*at));
+    }
+    Ok(())
 }
 
 /// The Prometheus text document: the process's metrics plus the database gauges (left out, with

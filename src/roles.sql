@@ -8,7 +8,8 @@
 --   olps_writer   service clients writing feedback as plain SQL: INSERT on feedback_events only
 --                 (the enqueue trigger runs SECURITY DEFINER; see V30)
 --   olps_worker   `olps worker`: reads what it learns from, writes parameters, history, versions,
---                 the queue and snapshots
+--                 the queue and snapshots, and applies retention (deletes old rows of the traffic
+--                 tables per each model's policy)
 --   olps_service  `olps serve`: reads everything, writes models, feedback, the prediction log,
 --                 snapshots, rollbacks, tokens and the audit trail
 --   olps_analyst  read-only: every table and view except the token hashes (the sql/ pack)
@@ -44,7 +45,7 @@ DECLARE
     known TEXT[] := ARRAY['models', 'model_parameters', 'parameter_updates', 'feedback_events',
                           'feedback_queue', 'prediction_log', 'model_versions', 'snapshots',
                           'snapshot_parameters', 'drift_events', 'api_tokens', 'audit_log',
-                          'refinery_schema_history'];
+                          'refinery_schema_history', 'retention_policies', 'retention_stats'];
 BEGIN
     IF (SELECT count(*) FROM pg_roles
         WHERE rolname IN ('olps_writer', 'olps_worker', 'olps_service', 'olps_analyst')) < 4 THEN
@@ -81,6 +82,11 @@ BEGIN
     GRANT UPDATE ON models TO olps_worker;
     GRANT INSERT, UPDATE, DELETE ON snapshots TO olps_worker;
     GRANT INSERT, DELETE ON snapshot_parameters TO olps_worker;
+    -- Retention (src/retention.rs), which the worker applies: the rows past each model's
+    -- horizons, and what it deleted.
+    GRANT DELETE ON prediction_log, feedback_events, parameter_updates, model_versions,
+                    drift_events TO olps_worker;
+    GRANT INSERT, UPDATE ON retention_stats TO olps_worker;
 
     -- The service: models, feedback (the trigger queues it), the prediction log, snapshots and
     -- their policy, rollbacks, resume, token management and verification, the audit trail.

@@ -22,9 +22,11 @@ use crate::worker::{Worker, WorkerConfig};
 
 mod access;
 mod deadletters;
+mod retention;
 mod timeline;
 pub use access::{AccessArgs, TokenCommand};
 pub use deadletters::{DeadlettersCommand, RequeueArgs};
+pub use retention::RetentionCommand;
 pub use timeline::{
     HistoryArgs, HistoryCommand, OutputFormat, ParamsArgs, RollbackArgs, SnapshotCommand,
 };
@@ -73,6 +75,9 @@ pub enum Command {
     /// Feedback the worker set aside: list it with its reasons, requeue it once fixed.
     #[command(subcommand)]
     Deadletters(DeadlettersCommand),
+    /// How long each model keeps its traffic rows: show and set the policy, apply it now.
+    #[command(subcommand)]
+    Retention(RetentionCommand),
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +146,11 @@ pub struct WorkerArgs {
     /// them it is rolled back as a whole (its feedback stays pending for the next worker).
     #[arg(long, env = "OLPS_SHUTDOWN_GRACE_MS", default_value_t = crate::worker::DEFAULT_SHUTDOWN_GRACE.as_millis() as u64)]
     pub shutdown_grace_ms: u64,
+    /// Seconds between applications of each model's retention policy (`olps retention`); 0: the
+    /// worker does not apply it.
+    #[arg(long, env = "OLPS_RETENTION_INTERVAL_SECS",
+          default_value_t = crate::worker::maintenance::RETENTION_EVERY.as_secs())]
+    pub retention_interval_secs: u64,
 }
 
 /// Starts `GET /metrics` on `--metrics-listen` when given.
@@ -188,6 +198,8 @@ impl WorkerArgs {
             poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
             until_empty: self.until_empty,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
+            retention_every: (self.retention_interval_secs > 0)
+                .then(|| Duration::from_secs(self.retention_interval_secs)),
             ..WorkerConfig::default()
         })
     }
@@ -411,6 +423,7 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Bench(args) => crate::bench::run(args).await.map(|_| ()),
         Command::Token(command) => access::run_token(command).await,
         Command::Deadletters(command) => deadletters::run(command).await,
+        Command::Retention(command) => retention::run(command).await,
     }
 }
 

@@ -352,11 +352,26 @@ pub async fn parameters_at_with(
         At::Current => horizon.current,
         At::Version(v) => v,
         At::Time(t) => {
-            sqlx::query_scalar("SELECT olps_version_at($1, $2)")
-                .bind(model_id)
-                .bind(t)
-                .fetch_one(&mut *tx)
-                .await?
+            let (version, next_known): (i64, bool) = sqlx::query_as(
+                "SELECT v, EXISTS (SELECT 1 FROM model_versions
+                                   WHERE model_id = $1 AND model_version = v + 1)
+                 FROM olps_version_at($1, $2) v",
+            )
+            .bind(model_id)
+            .bind(t)
+            .fetch_one(&mut *tx)
+            .await?;
+            // Below the floor, retention deletes version rows: the newest row at or before t
+            // names the version in force at t only if the next version's row is still there.
+            if version < horizon.pruned_through && !next_known {
+                return Err(TimelineError::Unreachable {
+                    version,
+                    pruned_through: horizon.pruned_through,
+                    current: horizon.current,
+                    snapshot_versions: Vec::new(),
+                });
+            }
+            version
         }
     };
     check_version(version, horizon)?;

@@ -12,11 +12,13 @@
 //! events and growing with every event.
 //!
 //! Both run in a task of their own, at most once per check interval and one at a time, so a
-//! batch never waits for them.
+//! batch never waits for them. So does retention ([`crate::retention`]): each model's policy is
+//! applied about once per [`RETENTION_EVERY`], in bounded batches.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use sqlx::PgPool;
+use uuid::Uuid;
 
 /// Dead (deleted, not yet vacuumed) queue rows tolerated before the worker vacuums the queue:
 /// at least this many, and more than [`VACUUM_DEAD_PER_LIVE`] times the live rows.
@@ -59,8 +61,13 @@ pub async fn vacuum_queue_if_needed(pool: &PgPool) -> Result<Option<(i64, i64)>,
     Ok(Some((dead, live)))
 }
 
-/// One round of both; failures are logged, never fatal.
-pub async fn run(pool: PgPool) {
+/// How often the worker applies each model's retention policy (at most
+/// [`crate::retention::Limits::WORKER`] per table and model each time).
+pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
+
+/// One round of both, and retention for the models (of `retention`'s list; all when empty) that
+/// are due; failures are logged, never fatal.
+pub async fn run(pool: PgPool, retention: Option<(Vec<Uuid>, Duration)>) {
     let started = Instant::now();
     match refresh_statistics(&pool).await {
         Ok(tables) if tables.is_empty() => {}
@@ -86,5 +93,22 @@ pub async fn run(pool: PgPool) {
             );
         }
         Err(e) => tracing::warn!(error = %e, "could not vacuum feedback_queue"),
+    }
+    if let Some((models, every)) = retention {
+        let started = Instant::now();
+        match crate::retention::run_due(&pool, &models, every, crate::retention::Limits::WORKER)
+            .await
+        {
+            Ok(reports) => {
+                for r in reports
+                    .iter()
+                    .filter(|r| r.deleted.iter().any(|(_, n)| *n > 0))
+                {
+                    tracing::info!(model = %r.model, deleted = ?r.deleted, complete = r.complete,
+                        ms = started.elapsed().as_secs_f64() * 1e3, "retention");
+                }
+            }
+            Err(e) => tracing::warn!(error = %e, "could not apply retention"),
+        }
     }
 }

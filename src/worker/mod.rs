@@ -129,6 +129,9 @@ pub struct WorkerConfig {
     /// How long a batch in flight may still run once shutdown is requested; past it, the batch
     /// is abandoned and rolled back as a whole (its rows stay pending).
     pub shutdown_grace: Duration,
+    /// How often each model's retention policy is applied ([`maintenance`], [`crate::retention`]);
+    /// None: never (then `olps retention run` does it).
+    pub retention_every: Option<Duration>,
 }
 
 impl Default for WorkerConfig {
@@ -143,6 +146,7 @@ impl Default for WorkerConfig {
             maintenance_check: Some(Duration::from_secs(1)),
             unreadable_retry: Duration::from_secs(30),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
+            retention_every: Some(maintenance::RETENTION_EVERY),
         }
     }
 }
@@ -775,7 +779,11 @@ impl Worker {
             return;
         }
         self.maintenance_checked = Some(Instant::now());
-        self.maintenance = Some(tokio::spawn(maintenance::run(self.pool.clone())));
+        let retention = self
+            .config
+            .retention_every
+            .map(|every| (self.config.models.clone(), every));
+        self.maintenance = Some(tokio::spawn(maintenance::run(self.pool.clone(), retention)));
     }
 
     /// Runs until `shutdown` is cancelled (or, with `until_empty`, until no work is left). A

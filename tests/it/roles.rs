@@ -12,14 +12,15 @@ use uuid::Uuid;
 
 use crate::common::*;
 
-/// A LOGIN role, member of an olps group role, dropped when this is dropped.
-struct LoginRole {
+/// A LOGIN role, member of an olps group role, dropped when this is dropped (the retention tests
+/// run as the worker's role too).
+pub(crate) struct LoginRole {
     name: String,
     admin_url: String,
 }
 
 impl LoginRole {
-    async fn new(db: &TestDb, group: &str) -> LoginRole {
+    pub(crate) async fn new(db: &TestDb, group: &str) -> LoginRole {
         let name = format!("olps_test_{}_{}", group, Uuid::new_v4().simple());
         let mut conn = PgConnection::connect(&db.url).await.unwrap();
         sqlx::query(&format!("CREATE ROLE \"{name}\" LOGIN IN ROLE {group}"))
@@ -41,7 +42,7 @@ impl LoginRole {
         url.to_string()
     }
 
-    async fn pool(&self, db: &TestDb) -> PgPool {
+    pub(crate) async fn pool(&self, db: &TestDb) -> PgPool {
         PgPoolOptions::new()
             .max_connections(2)
             .connect(&self.url(db))
