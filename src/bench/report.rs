@@ -116,6 +116,9 @@ pub struct Report {
     pub machine: sys::Machine,
     pub scenarios_run: Vec<String>,
     pub figures: Vec<Figure>,
+    /// Markdown a scenario adds below its figures (e.g. the soak's per-interval table).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sections: Vec<(String, String)>,
 }
 
 impl Report {
@@ -128,6 +131,7 @@ impl Report {
             machine: sys::Machine::describe(&ctx.pool).await,
             scenarios_run: Vec::new(),
             figures: Vec::new(),
+            sections: Vec::new(),
         }
     }
 
@@ -138,6 +142,11 @@ impl Report {
 
     pub fn add(&mut self, figure: Figure) {
         self.figures.push(figure);
+    }
+
+    /// Markdown shown below the scenario's figures in [`Report::markdown`].
+    pub fn add_section(&mut self, scenario: &str, markdown: String) {
+        self.sections.push((scenario.into(), markdown));
     }
 
     /// Figures of one scenario.
@@ -290,6 +299,10 @@ impl Report {
                 for f in notes {
                     let _ = writeln!(md, "- *{}*: {}", f.case, f.note.as_deref().unwrap_or(""));
                 }
+            }
+            for (_, section) in self.sections.iter().filter(|(s, _)| s == scenario) {
+                md.push('\n');
+                md.push_str(section);
             }
         }
         md.push_str(MARKDOWN_OUTRO);
