@@ -114,12 +114,14 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
 }
 
 async fn sizes(pool: &PgPool, table: &str) -> anyhow::Result<TableSize> {
-    // pg_partition_tree lists a plain table as itself, and a partitioned one with its partitions.
+    // The table and, if it is partitioned, its partitions (pg_partition_tree lists nothing for a
+    // plain table; a partitioned parent has no storage of its own).
     Ok(sqlx::query_as(
         "SELECT coalesce(sum(pg_table_size(t.relid)), 0)::int8 AS table_bytes,
                 coalesce(sum(pg_indexes_size(t.relid)), 0)::int8 AS index_bytes,
                 coalesce(sum(s.n_dead_tup), 0)::int8 AS dead_tuples
-         FROM pg_partition_tree($1::regclass) t
+         FROM (SELECT $1::regclass AS relid
+               UNION SELECT relid FROM pg_partition_tree($1::regclass)) t
          LEFT JOIN pg_stat_user_tables s ON s.relid = t.relid",
     )
     .bind(table)
