@@ -25,6 +25,7 @@ mod isolation;
 mod learner;
 mod long_run;
 mod module_graph;
+mod queue;
 mod roles;
 mod schema;
 mod serving;
