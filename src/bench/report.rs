@@ -382,6 +382,7 @@ default 4), `--json FILE`, `--markdown FILE`, `--quiet`.
 | `predict` | predictions/s and latency (server time from the `Server-Timing` header, and round trip), batch 1 and 100, C keep-alive connections from a Rust client in the same process, while a worker commits new versions | PostgreSQL computing the same predictions: one SQL statement per request joining the features with `model_parameters` |
 | `snapshot` | snapshot, rollback and point-in-time read of models with `--snapshot-params` parameters (default 100k, 1M) | copying the model's parameter rows with one INSERT … SELECT |
 | `learn` | the learner alone on `--data` (default: the built-in tests/data/seed_stream.csv), every optimizer: prequential loss / accuracy and events/s | prequential loss of the running-mean predictor; accuracy of the majority class |
+| `soak` (not in `all`) | `--minutes` (default 30) at `--rate` events/s with a worker draining and a REPEATABLE READ snapshot held during the middle third: per interval the drain, the worker's capacity, queue depth, claim latency, dead tuples and sizes of `feedback_queue` and `feedback_events`; a verdict | the same run before the hold |
 ";
 
 const MARKDOWN_OUTRO: &str = "
