@@ -287,7 +287,9 @@ async fn run_on(
                         .bind(model)
                         .fetch_one(&ctx.pool)
                         .await?;
-                let mid = last_at + secs / 2.0;
+                // By the interval's scheduled middle: a sample taken late on a loaded machine
+                // still belongs to the phase it was scheduled in.
+                let mid = next - interval / 2.0;
                 let phase = if mid < hold_from {
                     Phase::Before
                 } else if mid < hold_until {
