@@ -453,7 +453,7 @@ fn mean(values: impl Iterator<Item = f64>) -> f64 {
 
 pub fn verdict(intervals: &[Interval]) -> Verdict {
     let of = |p: Phase| intervals.iter().filter(move |i| i.phase == p);
-    let last_of = |p: Phase| of(p).last();
+    let last_of = |p: Phase| of(p).next_back();
     let mut v = Verdict {
         before_capacity: mean(of(Phase::Before).map(|i| i.capacity_per_s)),
         hold_capacity: mean(of(Phase::Hold).map(|i| i.capacity_per_s)),

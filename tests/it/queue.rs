@@ -242,7 +242,7 @@ async fn under_a_live_flood_every_implicit_event_waits_within_the_bound() {
     let mut tick = 0u64;
     while started.elapsed() < Duration::from_secs(3) {
         feed(&db.pool, model, "explicit", 400, &format!("x{tick}")).await;
-        if tick % 5 == 0 {
+        if tick.is_multiple_of(5) {
             let id = feed(&db.pool, model, "implicit", 1, &format!("i{tick}")).await[0];
             let version = current_version(&db.pool, model).await;
             let ahead = ahead_in_level(&db.pool, model, id).await;
