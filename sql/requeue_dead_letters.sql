@@ -11,7 +11,8 @@
 -- Run: psql "$DATABASE_URL" -X -v model=fraud -v reason_like='not a number' -f sql/requeue_dead_letters.sql
 WITH requeued AS (
     UPDATE feedback_queue q
-    SET status = 'pending', dead_reason = NULL, dead_at = NULL
+    -- gen = DEFAULT: back from the dead letters' partition to a queue generation that rotates.
+    SET status = 'pending', dead_reason = NULL, dead_at = NULL, gen = DEFAULT
     WHERE q.status = 'dead'
       AND q.model_id = (SELECT model_id FROM models
                         WHERE model_id::text = :'model' OR name = :'model')

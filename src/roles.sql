@@ -45,7 +45,8 @@ DECLARE
     known TEXT[] := ARRAY['models', 'model_parameters', 'parameter_updates', 'feedback_events',
                           'feedback_queue', 'prediction_log', 'model_versions', 'snapshots',
                           'snapshot_parameters', 'drift_events', 'api_tokens', 'audit_log',
-                          'refinery_schema_history', 'retention_policies', 'retention_stats'];
+                          'refinery_schema_history', 'retention_policies', 'retention_stats',
+                          'feedback_queue_rotation'];
 BEGIN
     IF (SELECT count(*) FROM pg_roles
         WHERE rolname IN ('olps_writer', 'olps_worker', 'olps_service', 'olps_analyst')) < 4 THEN
@@ -54,7 +55,7 @@ BEGIN
     END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA %I TO olps_writer, olps_worker, olps_service, olps_analyst', s);
 
-    FOR t IN SELECT c.relname, c.relkind
+    FOR t IN SELECT c.relname, c.relkind, c.relispartition
              FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
              WHERE n.nspname = s AND c.relkind IN ('r', 'p', 'v', 'm')
     LOOP
@@ -64,7 +65,9 @@ BEGIN
                 EXECUTE format('GRANT SELECT ON %I.%I TO olps_worker', s, t.relname);
             END IF;
         END IF;
-        IF t.relkind IN ('r', 'p') AND NOT (t.relname = ANY (known)) THEN
+        -- Partitions (the queue's generations) are written through their parent, whose grants
+        -- apply; they get none of their own.
+        IF t.relkind IN ('r', 'p') AND NOT (t.relname = ANY (known)) AND NOT t.relispartition THEN
             EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %I.%I TO olps_worker, olps_service',
                            s, t.relname);
         END IF;
@@ -76,6 +79,8 @@ BEGIN
     -- The worker: claims and acknowledges queue rows, marks events applied, writes parameters,
     -- their history, versions, drift events and (automatic, guard) snapshots and rollbacks.
     GRANT UPDATE, DELETE ON feedback_queue TO olps_worker;
+    -- Truncating drained queue generations (as the owner; see migration V40).
+    GRANT EXECUTE ON FUNCTION olps_rotate_queue(INTEGER, INTEGER) TO olps_worker;
     GRANT UPDATE ON feedback_events TO olps_worker;
     GRANT INSERT, UPDATE ON model_parameters TO olps_worker;
     GRANT INSERT ON parameter_updates, model_versions, drift_events TO olps_worker;

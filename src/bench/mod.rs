@@ -17,6 +17,7 @@ pub mod learn;
 pub mod predict;
 pub mod report;
 pub mod snapshot;
+pub mod soak;
 pub mod sys;
 pub mod time_travel;
 
@@ -57,6 +58,10 @@ pub enum Scenario {
     Snapshot,
     /// The learner alone (no database): prequential loss/accuracy and events per second.
     Learn,
+    /// A long run at a fixed rate with a REPEATABLE READ snapshot held during its middle third:
+    /// drain, queue depth, dead tuples, table sizes and claim latency per interval (not in
+    /// `all`: it runs for `--minutes`).
+    Soak,
 }
 
 impl Scenario {
@@ -69,6 +74,7 @@ impl Scenario {
             Scenario::Predict => "predict",
             Scenario::Snapshot => "snapshot",
             Scenario::Learn => "learn",
+            Scenario::Soak => "soak",
         }
     }
 
@@ -160,6 +166,15 @@ pub struct BenchArgs {
     /// Write the report as Markdown (docs/BENCHMARKS.md) to this file.
     #[arg(long)]
     pub markdown: Option<PathBuf>,
+    /// Length of the soak, in minutes (fractions allowed).
+    #[arg(long, default_value_t = 30.0)]
+    pub minutes: f64,
+    /// Length of the soak in seconds, instead of --minutes (short runs, tests).
+    #[arg(long)]
+    pub seconds: Option<f64>,
+    /// Soak reporting interval in seconds. Default: a minute, or a ninth of a shorter run.
+    #[arg(long)]
+    pub interval_secs: Option<f64>,
     /// No progress lines on stderr.
     #[arg(long)]
     pub quiet: bool,
@@ -194,6 +209,9 @@ impl BenchArgs {
             data: None,
             json: None,
             markdown: None,
+            minutes: 30.0,
+            seconds: None,
+            interval_secs: None,
             quiet: false,
             olps_bin: None,
         }
@@ -423,6 +441,7 @@ pub async fn run_on(url: &str, description: &str, args: BenchArgs) -> anyhow::Re
             Scenario::Predict => predict::run(&ctx, &mut report).await,
             Scenario::Snapshot => snapshot::run(&ctx, &mut report).await,
             Scenario::Learn => learn::run(&ctx, &mut report).await,
+            Scenario::Soak => soak::run(&ctx, &mut report).await,
             Scenario::All => unreachable!(),
         };
         // Clean up after every scenario, also a failed one.

@@ -116,6 +116,9 @@ pub struct Report {
     pub machine: sys::Machine,
     pub scenarios_run: Vec<String>,
     pub figures: Vec<Figure>,
+    /// Markdown a scenario adds below its figures (e.g. the soak's per-interval table).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub sections: Vec<(String, String)>,
 }
 
 impl Report {
@@ -128,6 +131,7 @@ impl Report {
             machine: sys::Machine::describe(&ctx.pool).await,
             scenarios_run: Vec::new(),
             figures: Vec::new(),
+            sections: Vec::new(),
         }
     }
 
@@ -138,6 +142,11 @@ impl Report {
 
     pub fn add(&mut self, figure: Figure) {
         self.figures.push(figure);
+    }
+
+    /// Markdown shown below the scenario's figures in [`Report::markdown`].
+    pub fn add_section(&mut self, scenario: &str, markdown: String) {
+        self.sections.push((scenario.into(), markdown));
     }
 
     /// Figures of one scenario.
@@ -291,6 +300,10 @@ impl Report {
                     let _ = writeln!(md, "- *{}*: {}", f.case, f.note.as_deref().unwrap_or(""));
                 }
             }
+            for (_, section) in self.sections.iter().filter(|(s, _)| s == scenario) {
+                md.push('\n');
+                md.push_str(section);
+            }
         }
         md.push_str(MARKDOWN_OUTRO);
         md
@@ -373,6 +386,7 @@ default 4), `--json FILE`, `--markdown FILE`, `--quiet`. Every size follows the 
 | `predict` | predictions/s and latency (server time from the `Server-Timing` header, and round trip), batch 1 and 100, C keep-alive connections from a Rust client in the same process, while a worker commits new versions | PostgreSQL computing the same predictions: one SQL statement per request joining the features with `model_parameters` |
 | `snapshot` | snapshot, rollback and point-in-time read of models with `--snapshot-params` parameters (default 100k, 1M) | copying the model's parameter rows with one INSERT … SELECT |
 | `learn` | the learner alone on `--data` (default: the built-in tests/data/seed_stream.csv), every optimizer: prequential loss / accuracy and events/s | prequential loss of the running-mean predictor; accuracy of the majority class |
+| `soak` (not in `all`) | `--minutes` (default 30) at `--rate` events/s with a worker draining and a REPEATABLE READ snapshot held during the middle third: per interval the drain, the worker's capacity, queue depth, claim latency, dead tuples and sizes of `feedback_queue` and `feedback_events`; a verdict | the same run before the hold |
 ";
 
 const MARKDOWN_OUTRO: &str = "

@@ -11,7 +11,10 @@
 //! entries) until a VACUUM: a claim then reads all of them, 8.5 ms per claim after 58,000
 //! events and growing with every event.
 //!
-//! Both run in a task of their own, at most once per check interval and one at a time, so a
+//! The queue also rotates (migration V40): its generations (partitions) are TRUNCATEd once
+//! drained ([`rotate_queue`]), which, unlike VACUUM, works while an old snapshot is open.
+//!
+//! They run in a task of their own, at most once per check interval and one at a time, so a
 //! batch never waits for them. So does retention ([`crate::retention`]): each model's policy is
 //! applied about once per [`RETENTION_EVERY`], in bounded batches.
 
@@ -46,9 +49,11 @@ pub async fn refresh_statistics(pool: &PgPool) -> Result<Vec<String>, sqlx::Erro
 /// another VACUUM (autovacuum) holds the table. It needs the table's owner (or a superuser):
 /// for another role PostgreSQL skips it with a warning, and autovacuum has to do it.
 pub async fn vacuum_queue_if_needed(pool: &PgPool) -> Result<Option<(i64, i64)>, sqlx::Error> {
+    // Over its partitions: a partitioned table keeps no rows of its own.
     let (dead, live): (i64, i64) = sqlx::query_as(
-        "SELECT n_dead_tup, n_live_tup FROM pg_stat_user_tables
-         WHERE relid = 'feedback_queue'::regclass",
+        "SELECT coalesce(sum(n_dead_tup), 0)::int8, coalesce(sum(n_live_tup), 0)::int8
+         FROM pg_stat_user_tables
+         WHERE relid IN (SELECT relid FROM pg_partition_tree('feedback_queue'))",
     )
     .fetch_one(pool)
     .await?;
@@ -65,7 +70,26 @@ pub async fn vacuum_queue_if_needed(pool: &PgPool) -> Result<Option<(i64, i64)>,
 /// [`crate::retention::Limits::WORKER`] per table and model each time).
 pub const RETENTION_EVERY: Duration = Duration::from_secs(60);
 
-/// One round of both, and retention for the models (of `retention`'s list; all when empty) that
+/// Rows left in the next queue generation that are moved out (to the current generation, or to
+/// the dead letters') so that it can be truncated before it becomes current again; with more
+/// left (a backlog), it is left alone until they are drained.
+pub const ROTATE_MOVE_MAX: i32 = 10_000;
+
+/// How long the rotation waits for a generation's lock before it gives up (and backs off): a
+/// claim in progress holds it for its batch, and new claims queue behind the wait.
+pub const ROTATE_LOCK_TIMEOUT_MS: i32 = 200;
+
+/// Truncates the queue generations that are drained (`olps_rotate_queue()`, migration V40);
+/// returns the generations truncated, with the rows moved out of each first.
+pub async fn rotate_queue(pool: &PgPool) -> Result<Vec<String>, sqlx::Error> {
+    sqlx::query_scalar("SELECT unnest(olps_rotate_queue($1, $2))")
+        .bind(ROTATE_MOVE_MAX)
+        .bind(ROTATE_LOCK_TIMEOUT_MS)
+        .fetch_all(pool)
+        .await
+}
+
+/// One round of each, and retention for the models (of `retention`'s list; all when empty) that
 /// are due; failures are logged, never fatal.
 pub async fn run(pool: PgPool, retention: Option<(Vec<Uuid>, Duration)>) {
     let started = Instant::now();
@@ -93,6 +117,18 @@ pub async fn run(pool: PgPool, retention: Option<(Vec<Uuid>, Duration)>) {
             );
         }
         Err(e) => tracing::warn!(error = %e, "could not vacuum feedback_queue"),
+    }
+    let started = Instant::now();
+    match rotate_queue(&pool).await {
+        Ok(done) if done.is_empty() => {}
+        Ok(done) => {
+            for _ in &done {
+                crate::metrics::worker_maintenance("feedback_queue", "truncate");
+            }
+            tracing::debug!(generations = ?done, ms = started.elapsed().as_secs_f64() * 1e3,
+                "truncated drained queue generations");
+        }
+        Err(e) => tracing::warn!(error = %e, "could not rotate feedback_queue"),
     }
     if let Some((models, every)) = retention {
         let started = Instant::now();

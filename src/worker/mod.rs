@@ -182,6 +182,25 @@ pub struct WorkerStats {
     /// Time spent in the applied batches (claim, learn, write, commit), in seconds: divided by
     /// `examples`, the cost per event.
     pub batch_seconds: f64,
+    /// Claims made (successful claim statements, empty ones included), their total and longest
+    /// time in seconds: what a bloated queue slows down first.
+    pub claims: u64,
+    pub claim_seconds: f64,
+    pub claim_max_seconds: f64,
+}
+
+impl WorkerStats {
+    /// Adds another run's totals to these.
+    pub fn add(&mut self, other: &WorkerStats) {
+        self.batches += other.batches;
+        self.examples += other.examples;
+        self.dead += other.dead;
+        self.failures += other.failures;
+        self.batch_seconds += other.batch_seconds;
+        self.claims += other.claims;
+        self.claim_seconds += other.claim_seconds;
+        self.claim_max_seconds = self.claim_max_seconds.max(other.claim_max_seconds);
+    }
 }
 
 /// A model's learner as of a committed version, reused while the database is still at it.
@@ -235,6 +254,8 @@ pub struct Worker {
     unreadable: HashMap<Uuid, Instant>,
     maintenance_checked: Option<Instant>,
     maintenance: Option<tokio::task::JoinHandle<()>>,
+    /// Claim timings since the last pass took them: (claims, seconds, longest).
+    claim_times: (u64, f64, f64),
 }
 
 impl Worker {
@@ -248,6 +269,7 @@ impl Worker {
             unreadable: HashMap::new(),
             maintenance_checked: None,
             maintenance: None,
+            claim_times: (0, 0.0, 0.0),
         }
     }
 
@@ -338,7 +360,15 @@ impl Worker {
             }
         };
         self.unreadable.remove(&model_id);
-        let rows = match queue::claim(&mut tx, model_id, limit).await {
+        let claim_started = Instant::now();
+        let claimed = queue::claim(&mut tx, model_id, limit).await;
+        if claimed.is_ok() {
+            let secs = claim_started.elapsed().as_secs_f64();
+            self.claim_times.0 += 1;
+            self.claim_times.1 += secs;
+            self.claim_times.2 = self.claim_times.2.max(secs);
+        }
+        let rows = match claimed {
             Ok(rows) if rows.is_empty() => {
                 tx.rollback().await?;
                 self.isolation.remove(&model_id);
@@ -761,6 +791,10 @@ impl Worker {
                 }
             }
         }
+        let (claims, secs, max) = std::mem::take(&mut self.claim_times);
+        stats.claims = claims;
+        stats.claim_seconds = secs;
+        stats.claim_max_seconds = max;
         Ok(stats)
     }
 
@@ -815,11 +849,7 @@ impl Worker {
                     WorkerStats::default()
                 }
             };
-            total.batches += pass.batches;
-            total.examples += pass.examples;
-            total.dead += pass.dead;
-            total.failures += pass.failures;
-            total.batch_seconds += pass.batch_seconds;
+            total.add(&pass);
             // A model being split after a failure tries its smaller claim at once.
             if pass.batches > 0 || pass.dead > 0 || self.splitting() {
                 continue;

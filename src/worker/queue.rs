@@ -24,6 +24,8 @@ pub struct ClaimedRow {
     pub priority: f64,
     pub created_at: chrono::DateTime<chrono::Utc>,
     pub seq: i64,
+    /// `pending` (a row dead-lettered between choosing and locking it is dropped).
+    pub status: String,
 }
 
 /// Active models with pending work (optionally only among `only`), in random order so that
@@ -69,16 +71,44 @@ pub async fn plan_for_any_statistics(conn: &mut PgConnection) -> Result<(), sqlx
     Ok(())
 }
 
-/// Claims up to `limit` pending rows of one model in queue order (priority, then time, then
-/// insertion order), locking them for the caller's transaction. It first makes the transaction's
-/// plans independent of the statistics (the settings of [`plan_for_any_statistics`], and more).
+/// Under contention, each priority level below the highest pending one gets one row of a claim
+/// for every `LOWER_LEVEL_SPACING` rows of the highest: the fair-share rule that bounds how long
+/// lower priorities wait (see [`claim`]).
+pub const LOWER_LEVEL_SPACING: i64 = 10;
+
+/// The least number of rows of each backlogged lower priority level that a claim of `limit`
+/// rows takes, when `levels` priority levels are pending (see [`claim`]): a pending row with
+/// `n` rows of its own level ahead of it is claimed within `ceil((n + 1) / share)` claims of
+/// its model, however much higher-priority feedback arrives meanwhile. None when the claim is
+/// too small to give every level a row (`limit < levels`).
+pub fn lower_level_share(limit: i64, levels: i64) -> Option<i64> {
+    let lower = (levels - 1).max(0);
+    (limit > lower).then(|| (limit - 1 - lower) / (LOWER_LEVEL_SPACING + lower) + 1)
+}
+
+/// Claims up to `limit` pending rows of one model, locking them for the caller's transaction,
+/// and returns them in queue order (priority, then time, then insertion order): the order the
+/// learner applies them in. It first makes the transaction's plans independent of the
+/// statistics (the settings of [`plan_for_any_statistics`], and more).
 ///
-/// The queue rows come from the claim index in its order, and each claimed row's event is looked
-/// up by its primary key in a subquery of its own (`LATERAL
-/// … OFFSET 0`, which PostgreSQL plans separately and runs once per claimed row), so the lookup
-/// cannot become a scan of all the model's events joined afterwards. A plan of that shape, made
-/// while the tables were empty and kept by the connection, made every claim read all of the
-/// model's events once per claimed row: 42 s for a 1,000-row claim over 50,000 events.
+/// Which rows: when everything pending fits in the claim, all of it, so a normal (shallow) queue
+/// is learned exactly in queue order. When more is pending, the priority levels share the claim
+/// (no starvation): the rows of each pending priority level are ranked oldest first (rank
+/// 0, 1, 2, …), a row of the highest level gets slot = rank and a row of any lower level slot =
+/// rank × [`LOWER_LEVEL_SPACING`], and the claim takes the rows with the smallest slots (ties:
+/// higher priority first, then queue order). So under a flood of higher-priority feedback every
+/// lower level still gets its oldest rows into every claim ([`lower_level_share`] of them), and
+/// with nothing but one level pending it is plain queue order. The rule depends only on what is
+/// pending, not on the claim's size, so a smaller claim takes a subset of a larger one (the
+/// splitting of a failing batch relies on that).
+///
+/// Each level's rows come from the claim index in its order (one index range per level, found
+/// by a "loose index scan" over the levels), and each claimed row's event is looked up by its
+/// primary key in a subquery of its own (`LATERAL … OFFSET 0`, which PostgreSQL plans separately
+/// and runs once per claimed row), so the lookup cannot become a scan of all the model's events
+/// joined afterwards. A plan of that shape, made while the tables were empty and kept by the
+/// connection, made every claim read all of the model's events once per claimed row: 42 s for a
+/// 1,000-row claim over 50,000 events.
 pub async fn claim(
     conn: &mut PgConnection,
     model_id: Uuid,
@@ -89,8 +119,9 @@ pub async fn claim(
     // queue order, and with sorts and bitmap scans priced out no plan that reads all of the
     // model's queue rows (live, dead-lettered, and the deleted ones a VACUUM has not removed
     // yet) and sorts them can look cheaper, whatever the statistics say about how many are
-    // pending. The batch's later statements need neither (they look rows up by key). No JIT:
-    // a plan that keeps a priced-out node costs over 1e10, and compiling it took 0.9 s.
+    // pending. (The sorts that remain, of at most `limit` rows per level, have no alternative.)
+    // The batch's later statements need none of it (they look rows up by key). No JIT: a plan
+    // that keeps a priced-out node costs over 1e10, and compiling it took 0.9 s.
     sqlx::query(
         "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
                 set_config('enable_seqscan', 'off', true),
@@ -101,14 +132,41 @@ pub async fn claim(
     .execute(&mut *conn)
     .await?;
     let mut rows: Vec<ClaimedRow> = sqlx::query_as(
-        "SELECT q.id AS queue_id, q.feedback_id, e.entity_id, e.feedback_type, e.label,
-                e.confidence, e.features, e.logged_features, q.priority, q.created_at, q.seq
-         FROM (SELECT id, model_id, feedback_id, priority, created_at, seq
-               FROM feedback_queue
-               WHERE model_id = $1 AND status = 'pending'
-               ORDER BY priority DESC, created_at, seq
-               LIMIT $2
-               FOR UPDATE SKIP LOCKED) q
+        "WITH RECURSIVE levels AS (
+             (SELECT priority AS p FROM feedback_queue
+              WHERE model_id = $1 AND status = 'pending'
+              ORDER BY priority DESC LIMIT 1)
+             UNION ALL
+             SELECT (SELECT q.priority FROM feedback_queue q
+                     WHERE q.model_id = $1 AND q.status = 'pending' AND q.priority < l.p
+                     ORDER BY q.priority DESC LIMIT 1)
+             FROM levels l WHERE l.p IS NOT NULL
+         ),
+         ranked AS (
+             SELECT c.id, c.gen, c.priority, c.created_at, c.seq,
+                    (row_number() OVER (PARTITION BY c.priority ORDER BY c.created_at, c.seq) - 1)
+                    * CASE WHEN c.priority = (SELECT max(p) FROM levels) THEN 1 ELSE $3 END
+                        AS slot
+             FROM levels l
+             CROSS JOIN LATERAL (
+                 SELECT id, gen, priority, created_at, seq FROM feedback_queue
+                 WHERE model_id = $1 AND status = 'pending' AND priority = l.p
+                 ORDER BY created_at, seq
+                 LIMIT $2) c
+             WHERE l.p IS NOT NULL
+         ),
+         chosen AS (
+             SELECT id, gen FROM ranked ORDER BY slot, priority DESC, created_at, seq LIMIT $2
+         )
+         SELECT q.id AS queue_id, q.feedback_id, e.entity_id, e.feedback_type, e.label,
+                e.confidence, e.features, e.logged_features, q.priority, q.created_at, q.seq,
+                q.status
+         FROM chosen c
+         CROSS JOIN LATERAL (
+             SELECT id, model_id, feedback_id, priority, created_at, seq, status
+             FROM feedback_queue
+             WHERE model_id = $1 AND id = c.id AND gen = c.gen
+             FOR UPDATE SKIP LOCKED) q
          CROSS JOIN LATERAL (
              SELECT ev.entity_id, ev.feedback_type, ev.feedback_value AS label, ev.confidence,
                     (ev.metadata -> 'features')::text AS features,
@@ -122,10 +180,13 @@ pub async fn claim(
     )
     .bind(model_id)
     .bind(limit)
+    .bind(LOWER_LEVEL_SPACING)
     .fetch_all(conn)
     .await?;
-    // In queue order. The rows arrive in it (the claim index's order, kept by the join), but SQL
-    // promises that only with an ORDER BY, whose sort would be priced out above.
+    // The lock above looks each chosen row up by primary key, in its generation only; a
+    // condition on `status` there would let the planner walk the claim index instead.
+    rows.retain(|r| r.status == "pending");
+    // In queue order: the order the learner applies a batch in, whichever rows it holds.
     rows.sort_by(|a, b| {
         b.priority
             .total_cmp(&a.priority)
@@ -161,7 +222,8 @@ pub async fn acknowledge(
     Ok(done.rows_affected())
 }
 
-/// Sets pending rows aside with their reasons; their events stay unprocessed.
+/// Sets pending rows aside with their reasons; their events stay unprocessed. They move to the
+/// dead letters' partition (generation -1), out of the generations that rotate.
 pub async fn dead_letter(
     conn: &mut PgConnection,
     model_id: Uuid,
@@ -173,7 +235,8 @@ pub async fn dead_letter(
     let ids: Vec<Uuid> = rows.iter().map(|r| r.0).collect();
     let reasons: Vec<&str> = rows.iter().map(|r| r.1.as_str()).collect();
     let done = sqlx::query(
-        "UPDATE feedback_queue q SET status = 'dead', dead_reason = u.reason, dead_at = now()
+        "UPDATE feedback_queue q
+         SET status = 'dead', dead_reason = u.reason, dead_at = now(), gen = -1
          FROM unnest($2::uuid[], $3::text[]) AS u(id, reason)
          WHERE q.model_id = $1 AND q.id = u.id AND q.status = 'pending'",
     )
@@ -204,7 +267,7 @@ pub async fn dead_letter_unknown_models(db: impl PgExecutor<'_>) -> Result<u64, 
              FROM pending p WHERE p.model_id IS NOT NULL
          )
          UPDATE feedback_queue q
-         SET status = 'dead', dead_at = now(),
+         SET status = 'dead', dead_at = now(), gen = -1,
              dead_reason = 'unknown model ' || q.model_id || ': no such model_id in models'
          WHERE q.status = 'pending'
            AND q.model_id = ANY(ARRAY(
@@ -313,7 +376,8 @@ pub async fn requeue(
 ) -> Result<Vec<Requeued>, sqlx::Error> {
     let mut rows: Vec<(Requeued, f64, chrono::DateTime<chrono::Utc>, i64)> =
         sqlx::query_as::<_, (Uuid, Uuid, Uuid, f64, chrono::DateTime<chrono::Utc>, i64)>(
-            "UPDATE feedback_queue q SET status = 'pending', dead_reason = NULL, dead_at = NULL
+            "UPDATE feedback_queue q
+         SET status = 'pending', dead_reason = NULL, dead_at = NULL, gen = DEFAULT
          WHERE q.status = 'dead'
            AND ($1::uuid IS NULL OR q.model_id = $1)
            AND (cardinality($2::uuid[]) = 0 OR q.id = ANY($2) OR q.feedback_id = ANY($2))

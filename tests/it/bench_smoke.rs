@@ -154,3 +154,65 @@ fn bench_command_line_parses() {
         other => panic!("parsed as {other:?}"),
     }
 }
+
+/// `olps bench soak`, a 9-second one: three phases of three intervals each, a snapshot really
+/// held in the middle one, the worker keeping up with the feed, the figures and the table reported, and no
+/// bench row left behind. Whether the queue stays healthy is the benchmark's verdict, not this
+/// test's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bench_soak_short_run_reports_every_interval_and_cleans_up() {
+    let db = TestDb::new().await;
+    let mut args = BenchArgs::new(Scenario::Soak);
+    args.seconds = Some(9.0);
+    args.rate = 200.0;
+    args.batch_size = 100;
+    args.feature_pool = 200;
+    args.quiet = true;
+    let report = bench::run_on(&db.url, "test database", args)
+        .await
+        .expect("olps bench soak runs");
+    let capacity = report
+        .of("soak")
+        .find(|f| f.case.contains("worker capacity during the hold"))
+        .expect("capacity figure");
+    assert!(capacity.value.is_finite() && capacity.value > 0.0);
+    assert!(capacity.baseline.is_some() && capacity.met.is_some());
+    let intervals = capacity.details["intervals"].as_array().unwrap();
+    assert_eq!(intervals.len(), 9, "one row per second");
+    let phases: Vec<&str> = intervals
+        .iter()
+        .map(|i| i["phase"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        phases,
+        ["before", "before", "before", "hold", "hold", "hold", "after", "after", "after"]
+    );
+    let fed: u64 = intervals.iter().map(|i| i["fed"].as_u64().unwrap()).sum();
+    assert!(fed >= 1000, "fed {fed} events at 200/s over 9 s");
+    let depth = intervals[8]["depth"].as_i64().unwrap();
+    assert!(
+        depth < 600,
+        "the worker kept up: {depth} events pending at the end"
+    );
+    for i in intervals {
+        assert!(i["queue"]["table_bytes"].as_i64().unwrap() >= 0);
+        assert!(i["events"]["table_bytes"].as_i64().unwrap() > 0);
+    }
+    assert!(report
+        .of("soak")
+        .any(|f| f.case.contains("feedback_queue size")));
+    assert!(report
+        .sections
+        .iter()
+        .any(|(s, md)| s == "soak" && md.contains("verdict:") && md.contains("| hold |")));
+    let models: i64 = sqlx::query_scalar("SELECT count(*) FROM models")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(models, 0, "the soak's model was deleted");
+    let rows: i64 = sqlx::query_scalar("SELECT count(*) FROM feedback_events")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(rows, 0, "the soak's events were deleted");
+}

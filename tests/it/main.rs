@@ -27,6 +27,7 @@ mod listeners;
 mod long_run;
 mod module_graph;
 mod outage;
+mod queue;
 mod retention;
 mod roles;
 mod schema;
