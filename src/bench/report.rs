@@ -116,6 +116,9 @@ pub struct Report {
     pub machine: sys::Machine,
     pub scenarios_run: Vec<String>,
     pub figures: Vec<Figure>,
+    /// The learning suite's Markdown section (`olps bench learn --python`), when it ran.
+    #[serde(skip)]
+    pub learn_suite_markdown: Option<String>,
 }
 
 impl Report {
@@ -128,6 +131,7 @@ impl Report {
             machine: sys::Machine::describe(&ctx.pool).await,
             scenarios_run: Vec::new(),
             figures: Vec::new(),
+            learn_suite_markdown: None,
         }
     }
 

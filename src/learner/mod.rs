@@ -365,10 +365,14 @@ impl Learner {
         }
         let lr = self.effective_learning_rate();
         let residual = sat(example.weight * (prediction - example.label), GRAD_MAX);
+        let (lr_intercept, lr_weights) = self.step_rates(lr, features, example.weight);
 
-        self.update(INTERCEPT, None, residual, lr);
+        self.update(INTERCEPT, None, residual, lr_intercept);
         for (name, x) in features {
-            self.update(name, Some(*x), residual, lr);
+            self.update(name, Some(*x), residual, lr_weights);
+        }
+        if self.config.center_target && self.kind == ModelKind::Linear {
+            self.follow_target_mean(example.label);
         }
         self.examples_seen = self.examples_seen.saturating_add(1);
         self.drift.decay(&self.config.drift);
@@ -377,6 +381,66 @@ impl Learner {
             loss: step_loss,
             learning_rate: lr,
         })
+    }
+
+    /// The rates of this step for the intercept and for the weights, from the base rate `lr`:
+    /// the intercept boost (every optimizer but FTRL, whose closed form assumes a fixed rate per
+    /// coordinate), then, for SGD with `safe_step`, both scaled down so that the step cannot
+    /// carry the prediction past the label (see [`LearnerConfig::safe_step`]).
+    fn step_rates(&self, lr: f64, features: &[(String, f64)], weight: f64) -> (f64, f64) {
+        let c = &self.config;
+        let mut lr_intercept = lr;
+        if c.intercept_boost > 1.0 && c.optimizer != OptimizerKind::Ftrl {
+            let t = self.param(INTERCEPT).count.max(0) as f64;
+            let decay = (-t / c.intercept_boost_half_life).exp2();
+            lr_intercept = lr * (1.0 + (c.intercept_boost - 1.0) * decay);
+        }
+        if !(c.safe_step && c.optimizer == OptimizerKind::Sgd) {
+            return (lr_intercept, lr);
+        }
+        // A feature named like the intercept is ignored by the margin, and so here.
+        let norm2: f64 = features
+            .iter()
+            .filter(|(name, _)| name != INTERCEPT)
+            .map(|(name, x)| {
+                let x_prime = self.feature_input(name, *x);
+                sat(x_prime * x_prime, f64::MAX)
+            })
+            .sum();
+        // How far one unit of residual moves the margin; the margin's slope is at most 1
+        // (linear) or 1/4 (logistic), so the step stays below the label's distance.
+        let reach = sat((lr_intercept + lr * norm2) * weight, f64::MAX);
+        let bound = match self.kind {
+            ModelKind::Linear => 1.0,
+            ModelKind::Logistic => 4.0,
+        };
+        if reach > bound {
+            let scale = bound / reach;
+            (lr_intercept * scale, lr * scale)
+        } else {
+            (lr_intercept, lr)
+        }
+    }
+
+    /// `center_target`: the intercept's `mean`/`m2` (unused by the intercept otherwise) hold the
+    /// running mean and squared deviations of the label; the intercept starts at the first label
+    /// and then moves with the mean, on top of its own SGD step. Called after the update, when the
+    /// intercept's count includes this example.
+    fn follow_target_mean(&mut self, label: f64) {
+        let state = self
+            .params
+            .get_mut(INTERCEPT)
+            .expect("the intercept is updated by every example");
+        let t = state.count.max(1);
+        let old_mean = if t == 1 { 0.0 } else { state.mean };
+        optimizer::welford(state, label, t);
+        if t == 1 {
+            // The first label is the best guess of the level there is.
+            state.value = sat(label, VALUE_MAX);
+        } else {
+            let moved = sat(state.mean - old_mean, f64::MAX);
+            state.value = sat(state.value + moved, VALUE_MAX);
+        }
     }
 
     fn update(&mut self, name: &str, x: Option<f64>, residual: f64, lr: f64) {

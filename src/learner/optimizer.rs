@@ -192,7 +192,7 @@ fn move_value(state: &mut ParamState, step: f64) {
 /// Welford's update of the running mean and sum of squared deviations with raw value `x`, `t`
 /// being the count including `x`.
 #[inline]
-fn welford(state: &mut ParamState, x: f64, t: i64) {
+pub(super) fn welford(state: &mut ParamState, x: f64, t: i64) {
     let mean = if state.mean.is_finite() {
         state.mean
     } else {
