@@ -155,6 +155,11 @@ pub struct LearnerConfig {
     /// `(x - mean) / std` from running statistics of that feature (see
     /// [`crate::learner::standardized_value`] for the exact rule and its warm-up).
     pub standardize: bool,
+    /// With `standardize`: a standardized value is clipped to `[-c, c]` (0 = off). A feature's
+    /// first few values give a poor estimate of its spread, and a value then many "standard
+    /// deviations" away would swing a prediction by orders of magnitude; so would a rare
+    /// outlier later. Must be >= 0.
+    pub standardize_clip: f64,
     /// Linear models: the intercept follows the running mean of the label (it starts at the
     /// first label and moves with the mean), so a target far from zero costs no warm-up; the
     /// weights and the SGD step on the intercept learn what the mean leaves. Ignored by logistic
@@ -267,6 +272,7 @@ impl LearnerConfig {
     pub fn legacy() -> LearnerConfig {
         LearnerConfig {
             learning_rate: 0.02,
+            standardize_clip: 0.0,
             center_target: false,
             safe_step: false,
             intercept_boost: 1.0,
@@ -332,6 +338,7 @@ impl Default for LearnerConfig {
             l2: 0.0,
             clip_gradient: 0.0,
             standardize: true,
+            standardize_clip: 10.0,
             center_target: true,
             safe_step: true,
             intercept_boost: 10.0,
@@ -382,6 +389,12 @@ impl LearnerConfig {
         check("clip_gradient", self.clip_gradient, ">= 0 (0 = off)", |x| {
             x >= 0.0
         })?;
+        check(
+            "standardize_clip",
+            self.standardize_clip,
+            ">= 0 (0 = off)",
+            |x| x >= 0.0,
+        )?;
         check(
             "intercept_boost",
             self.intercept_boost,
@@ -514,6 +527,7 @@ mod tests {
         let mut old = serde_json::to_value(LearnerConfig::legacy()).unwrap();
         let object = old.as_object_mut().unwrap();
         for field in [
+            "standardize_clip",
             "center_target",
             "safe_step",
             "intercept_boost",

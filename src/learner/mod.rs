@@ -193,8 +193,8 @@ impl Learner {
     /// configured, from the feature's current statistics).
     pub fn feature_input(&self, name: &str, x: f64) -> f64 {
         match self.params.get(name) {
-            Some(s) => standardized_value(self.config.standardize, x, s),
-            None => standardized_value(self.config.standardize, x, &ParamState::default()),
+            Some(s) => optimizer::input_value(&self.config, x, s),
+            None => optimizer::input_value(&self.config, x, &ParamState::default()),
         }
     }
 
@@ -205,7 +205,7 @@ impl Learner {
             return 0.0;
         }
         match self.params.get(name) {
-            Some(s) => contribution(s.value, standardized_value(self.config.standardize, x, s)),
+            Some(s) => contribution(s.value, optimizer::input_value(&self.config, x, s)),
             None => 0.0,
         }
     }
@@ -463,13 +463,56 @@ mod tests {
         pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect()
     }
 
+    /// Plain SGD (the old defaults: no safe step, no centring, no intercept boost).
     fn sgd(standardize: bool) -> LearnerConfig {
         LearnerConfig {
             optimizer: OptimizerKind::Sgd,
             learning_rate: 0.1,
             standardize,
-            ..LearnerConfig::default()
+            ..LearnerConfig::legacy()
         }
+    }
+
+    #[test]
+    fn new_default_steps_by_hand() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        let cfg = LearnerConfig {
+            learning_rate: 0.1,
+            standardize: false,
+            ..LearnerConfig::default()
+        };
+        // Linear, first example: the safe step bounds the reach (1 + 0.1 * 10) * 1 = 2 to 1,
+        // so both rates halve; then the intercept jumps to the first label.
+        let mut l = Learner::new(ModelKind::Linear, cfg.clone());
+        let e = Example::new(f(&[("a", 3.0), ("b", -1.0)]), 50.0, 1.0).unwrap();
+        l.learn(&e);
+        assert!(
+            close(l.param("a").value, 0.05 * 50.0 * 3.0),
+            "{}",
+            l.param("a").value
+        );
+        assert!(close(l.param("b").value, 0.05 * 50.0 * -1.0));
+        let b = l.param(INTERCEPT);
+        assert_eq!((b.value, b.mean, b.count), (50.0, 50.0, 1));
+        // Second example: the intercept's boosted rate is 0.1 * (1 + 9 * 0.5^(1/100)); the
+        // reach stays below 1 for a tiny feature, so the rates are as scheduled; the intercept
+        // also moves with the label mean (50 -> 51).
+        let e = Example::new(f(&[("a", 0.001)]), 52.0, 1.0).unwrap();
+        let p = l.predict(e.features());
+        let lr_b = 0.1 * (1.0 + 9.0 * 0.5f64.powf(1.0 / 100.0));
+        l.learn(&e);
+        let want = 50.0 - lr_b * (p - 52.0) + 1.0;
+        assert!(close(l.param(INTERCEPT).value, want));
+        assert_eq!(l.param(INTERCEPT).mean, 51.0);
+        // Logistic: no centring (the intercept's statistics stay 0), bound 4.
+        let mut l = Learner::new(ModelKind::Logistic, cfg);
+        let e = Example::new(f(&[("a", 30.0)]), 1.0, 1.0).unwrap();
+        l.learn(&e);
+        // reach = (1.0 + 0.1 * 900) = 91 > 4: rates scaled by 4/91; residual 0.5 - 1.
+        let scale = 4.0 / (1.0 + 0.1 * 900.0);
+        assert!(close(l.param(INTERCEPT).value, 1.0 * scale * 0.5));
+        assert!(close(l.param("a").value, 0.1 * scale * 0.5 * 30.0));
+        assert_eq!(l.param(INTERCEPT).mean, 0.0);
     }
 
     #[test]

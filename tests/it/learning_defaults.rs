@@ -44,7 +44,7 @@ fn wide_stream(n: usize, width: usize, seed: u64) -> Vec<Row> {
     let weights: Vec<f64> = (0..width)
         .map(|j| {
             if j % (width / 10) == 0 {
-                normal(&mut rng) * 0.3
+                normal(&mut rng)
             } else {
                 0.0
             }
@@ -180,6 +180,7 @@ fn settings_stored_before_the_new_defaults() -> serde_json::Value {
     let mut old = serde_json::to_value(LearnerConfig::legacy()).unwrap();
     let object = old.as_object_mut().unwrap();
     for field in [
+        "standardize_clip",
         "center_target",
         "safe_step",
         "intercept_boost",
