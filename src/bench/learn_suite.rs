@@ -411,3 +411,51 @@ fn strip_section(text: &str) -> String {
         _ => text.to_string(),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_suite_section_replaces_only_itself() {
+        let section = format!("{SECTION_BEGIN}\nnew table\n{SECTION_END}");
+        let old =
+            format!("# Benchmarks\n\nother figures\n\n{SECTION_BEGIN}\nold table\n{SECTION_END}\n");
+        // A suite run on an existing file keeps everything else.
+        let merged = merge_markdown(&old, Some(&section), Some(&old));
+        assert!(merged.contains("other figures") && merged.contains("new table"));
+        assert!(!merged.contains("old table"));
+        assert_eq!(merged.matches(SECTION_BEGIN).count(), 1);
+        // A run without the suite (bench all) keeps the file's section.
+        let merged = merge_markdown("# Benchmarks\n\nfresh figures\n", None, Some(&old));
+        assert!(merged.contains("fresh figures") && merged.contains("old table"));
+        // No section anywhere: the body as it is.
+        assert_eq!(merge_markdown("body\n", None, None), "body\n");
+    }
+
+    #[test]
+    fn suite_csvs_have_categories_and_absent_cells() {
+        let rows = crate::bench::learn::parse_csv(
+            "cat:city,amount,label\nparis,2.5,1\n,3,0\nrome,,1\n",
+            "test",
+        )
+        .unwrap();
+        assert_eq!(
+            rows[0].0,
+            vec![("city=paris".to_string(), 1.0), ("amount".to_string(), 2.5)]
+        );
+        assert_eq!(rows[1].0, vec![("amount".to_string(), 3.0)]);
+        assert_eq!(rows[2], (vec![("city=rome".to_string(), 1.0)], 1.0));
+        let err = crate::bench::learn::parse_csv("a,label\nx,1\n", "test").unwrap_err();
+        assert!(err.to_string().contains("a is not a number"), "{err}");
+        assert!(crate::bench::learn::parse_csv("a,label\n1,\n", "test").is_err());
+    }
+
+    #[test]
+    fn goals() {
+        assert!(goal_met(ModelKind::Linear, 1.01, 1.0));
+        assert!(!goal_met(ModelKind::Linear, 1.0101, 1.0));
+        assert!(goal_met(ModelKind::Logistic, 0.8981, 0.9));
+        assert!(!goal_met(ModelKind::Logistic, 0.8979, 0.9));
+    }
+}

@@ -417,9 +417,17 @@ impl LearnerConfig {
     /// optimizer ([`LearnerConfig::default_learning_rate`]).
     pub fn from_input(value: &serde_json::Value) -> Result<LearnerConfig, ConfigError> {
         let mut config: LearnerConfig =
-            serde_json::from_value(value.clone()).map_err(|e| ConfigError::Invalid {
-                field: "config",
-                message: e.to_string(),
+            serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.into_inner().to_string();
+                if path == "." {
+                    ConfigError::Invalid {
+                        field: "config",
+                        message,
+                    }
+                } else {
+                    ConfigError::Parse { path, message }
+                }
             })?;
         if value.get("learning_rate").is_none() {
             config.learning_rate = Self::default_learning_rate(config.optimizer);
