@@ -40,6 +40,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the bench arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Apply the embedded schema migrations (safe to run again, and concurrently).
     Migrate,

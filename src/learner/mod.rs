@@ -491,7 +491,7 @@ mod tests {
             "{}",
             l.param("a").value
         );
-        assert!(close(l.param("b").value, 0.05 * 50.0 * -1.0));
+        assert!(close(l.param("b").value, -(0.05 * 50.0)));
         let b = l.param(INTERCEPT);
         assert_eq!((b.value, b.mean, b.count), (50.0, 50.0, 1));
         // Second example: the intercept's boosted rate is 0.1 * (1 + 9 * 0.5^(1/100)); the
