@@ -133,7 +133,8 @@ impl ModelRow {
                 .kind
                 .parse()
                 .map_err(|e| corrupt(format!("kind: {e}")))?,
-            settings: serde_json::from_value(self.settings)
+            // Fields a model's stored settings lack take their values from before they existed.
+            settings: LearnerConfig::from_stored(&self.settings)
                 .map_err(|e| corrupt(format!("settings: {e}")))?,
             name: self.name,
             version: self.version,

@@ -46,10 +46,9 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
             .context("invalid example in the CSV")?;
         let (base_loss, base_acc) = baselines(kind, &examples);
         for &optimizer in OptimizerKind::ALL {
-            let config = LearnerConfig {
-                optimizer,
-                ..LearnerConfig::default()
-            };
+            // Each optimizer at its own default rate, as `olps model create --optimizer` gives.
+            let config = LearnerConfig::from_input(&serde_json::json!({ "optimizer": optimizer }))
+                .map_err(|e| anyhow::anyhow!("settings for {optimizer}: {e}"))?;
             config
                 .validate()
                 .map_err(|e| anyhow::anyhow!("settings for {optimizer}: {e}"))?;
@@ -171,7 +170,9 @@ pub fn read_csv(path: &Path) -> anyhow::Result<Vec<Row>> {
     parse_csv(&text, &path.display().to_string())
 }
 
-/// [`read_csv`] of a CSV's text; `origin` names it in errors.
+/// [`read_csv`] of a CSV's text; `origin` names it in errors. A column whose header is
+/// `cat:NAME` holds a category: the value `v` becomes the feature `NAME=v` with value 1 (one-hot,
+/// sparse). An empty cell is an absent feature (the label must be there).
 pub fn parse_csv(text: &str, origin: &str) -> anyhow::Result<Vec<Row>> {
     let mut lines = text.lines().filter(|l| !l.trim().is_empty());
     let header: Vec<String> = lines
@@ -183,23 +184,34 @@ pub fn parse_csv(text: &str, origin: &str) -> anyhow::Result<Vec<Row>> {
     if header.len() < 2 {
         bail!("{origin}: need feature columns and a label");
     }
+    let columns = header.len() - 1;
     lines
         .enumerate()
         .map(|(i, line)| {
-            let values: Vec<f64> = line
-                .split(',')
-                .map(|v| v.trim().parse::<f64>())
-                .collect::<Result<_, _>>()
-                .with_context(|| format!("{origin} line {}: not numbers", i + 2))?;
-            if values.len() != header.len() {
-                bail!("{origin} line {}: {} columns", i + 2, values.len());
+            let cells: Vec<&str> = line.split(',').map(str::trim).collect();
+            if cells.len() != header.len() {
+                bail!("{origin} line {}: {} columns", i + 2, cells.len());
             }
-            let features = header[..header.len() - 1]
-                .iter()
-                .cloned()
-                .zip(values.iter().copied())
-                .collect();
-            Ok((features, values[values.len() - 1]))
+            let number = |cell: &str, column: &str| {
+                cell.parse::<f64>().with_context(|| {
+                    format!(
+                        "{origin} line {}: {column} is not a number: {cell:?}",
+                        i + 2
+                    )
+                })
+            };
+            let mut features = Vec::with_capacity(columns);
+            for (name, cell) in header[..columns].iter().zip(&cells) {
+                if cell.is_empty() {
+                    continue;
+                }
+                match name.strip_prefix("cat:") {
+                    Some(category) => features.push((format!("{category}={cell}"), 1.0)),
+                    None => features.push((name.clone(), number(cell, name)?)),
+                }
+            }
+            let label = number(cells[columns], &header[columns])?;
+            Ok((features, label))
         })
         .collect()
 }

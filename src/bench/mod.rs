@@ -14,6 +14,7 @@ pub mod drain;
 pub mod freshness;
 pub mod ingest;
 pub mod learn;
+pub mod learn_suite;
 pub mod predict;
 pub mod report;
 pub mod snapshot;
@@ -160,6 +161,24 @@ pub struct BenchArgs {
     /// seed_stream.csv (tests/data/), the design document's drift example.
     #[arg(long)]
     pub data: Option<PathBuf>,
+    /// learn: run the learning suite, with this Python (which has bench/requirements.txt
+    /// installed) scoring River's pipelines on the same streams in the same command.
+    #[arg(long)]
+    pub python: Option<PathBuf>,
+    /// learn: run the learning suite against the peers' JSON saved by an earlier run
+    /// (`--save-peers`) instead of running Python.
+    #[arg(long)]
+    pub peers: Option<PathBuf>,
+    /// learn: save the peers' JSON of this run here (to score another build on the same draw).
+    #[arg(long)]
+    pub save_peers: Option<PathBuf>,
+    /// learn: the draw of the learning suite (shuffles of the bundled datasets, generated
+    /// streams).
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// learn: the learning suite's script; its streams go to `data/` beside it.
+    #[arg(long, default_value = "bench/river_peers.py")]
+    pub suite_script: PathBuf,
     /// Write the report as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -207,6 +226,11 @@ impl BenchArgs {
             snapshot_params: None,
             settings: None,
             data: None,
+            python: None,
+            peers: None,
+            save_peers: None,
+            seed: 0,
+            suite_script: PathBuf::from("bench/river_peers.py"),
             json: None,
             markdown: None,
             minutes: 30.0,
@@ -291,7 +315,9 @@ impl Ctx {
     pub fn settings(&self) -> anyhow::Result<LearnerConfig> {
         let config: LearnerConfig = match &self.args.settings {
             Some(json) => {
-                serde_json::from_str(json).context("--settings is not valid settings JSON")?
+                let given: serde_json::Value =
+                    serde_json::from_str(json).context("--settings is not valid JSON")?;
+                LearnerConfig::from_input(&given).map_err(|e| anyhow::anyhow!("--settings: {e}"))?
             }
             None => LearnerConfig::default(),
         };
@@ -440,6 +466,10 @@ pub async fn run_on(url: &str, description: &str, args: BenchArgs) -> anyhow::Re
             Scenario::Freshness => freshness::run(&ctx, &mut report).await,
             Scenario::Predict => predict::run(&ctx, &mut report).await,
             Scenario::Snapshot => snapshot::run(&ctx, &mut report).await,
+            // With --python or --peers: the learning suite against River's pipelines.
+            Scenario::Learn if args.python.is_some() || args.peers.is_some() => {
+                learn_suite::run(&ctx, &mut report).await
+            }
             Scenario::Learn => learn::run(&ctx, &mut report).await,
             Scenario::Soak => soak::run(&ctx, &mut report).await,
             Scenario::All => unreachable!(),
@@ -466,8 +496,20 @@ pub async fn run_on(url: &str, description: &str, args: BenchArgs) -> anyhow::Re
         ctx.say(&format!("wrote {}", path.display()));
     }
     if let Some(path) = &args.markdown {
-        std::fs::write(path, report.markdown())
-            .with_context(|| format!("cannot write {}", path.display()))?;
+        // The learning suite has a section of its own: a run without it keeps the file's, and
+        // a run of the suite alone changes only that section.
+        let old = std::fs::read_to_string(path).ok();
+        let suite_only = report.learn_suite_markdown.is_some() && args.scenario == Scenario::Learn;
+        let body = match (&old, suite_only) {
+            (Some(old), true) => old.clone(),
+            _ => report.markdown(),
+        };
+        let text = learn_suite::merge_markdown(
+            &body,
+            report.learn_suite_markdown.as_deref(),
+            old.as_deref(),
+        );
+        std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))?;
         ctx.say(&format!("wrote {}", path.display()));
     }
     Ok(report)

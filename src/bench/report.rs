@@ -119,6 +119,9 @@ pub struct Report {
     /// Markdown a scenario adds below its figures (e.g. the soak's per-interval table).
     #[serde(skip_serializing_if = "Vec::is_empty")]
     pub sections: Vec<(String, String)>,
+    /// The learning suite's Markdown section (`olps bench learn --python`), when it ran.
+    #[serde(skip)]
+    pub learn_suite_markdown: Option<String>,
 }
 
 impl Report {
@@ -132,6 +135,7 @@ impl Report {
             scenarios_run: Vec::new(),
             figures: Vec::new(),
             sections: Vec::new(),
+            learn_suite_markdown: None,
         }
     }
 
@@ -385,7 +389,7 @@ default 4), `--json FILE`, `--markdown FILE`, `--quiet`. Every size follows the 
 | `freshness` | delay from a feedback row's commit to the commit of the first model version that includes it, at `--rate` events/s for `--duration` s, the worker with its default settings, measured client-side (insert return → receipt of the version's NOTIFY, sent at commit) | the bare set-based drain woken the same way |
 | `predict` | predictions/s and latency (server time from the `Server-Timing` header, and round trip), batch 1 and 100, C keep-alive connections from a Rust client in the same process, while a worker commits new versions | PostgreSQL computing the same predictions: one SQL statement per request joining the features with `model_parameters` |
 | `snapshot` | snapshot, rollback and point-in-time read of models with `--snapshot-params` parameters (default 100k, 1M) | copying the model's parameter rows with one INSERT … SELECT |
-| `learn` | the learner alone on `--data` (default: the built-in tests/data/seed_stream.csv), every optimizer: prequential loss / accuracy and events/s | prequential loss of the running-mean predictor; accuracy of the majority class |
+| `learn` | the learner alone on `--data` (default: the built-in tests/data/seed_stream.csv), every optimizer at its default rate: prequential loss / accuracy and events/s; with `--python PY` (or `--peers FILE`), the learning suite instead: olps's defaults on every stream of `bench/river_peers.py` (section below) | prequential loss of the running-mean predictor; accuracy of the majority class; for the suite, the best of twelve River pipelines on the same stream |
 | `soak` (not in `all`) | `--minutes` (default 30) at `--rate` events/s with a worker draining and a REPEATABLE READ snapshot held during the middle third: per interval the drain, the worker's capacity, queue depth, claim latency, dead tuples and sizes of `feedback_queue` and `feedback_events`; a verdict | the same run before the hold |
 ";
 

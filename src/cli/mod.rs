@@ -43,6 +43,8 @@ pub struct Cli {
 }
 
 #[derive(Debug, Subcommand)]
+// Parsed once per process: the size of the bench arguments does not matter.
+#[allow(clippy::large_enum_variant)]
 pub enum Command {
     /// Apply the embedded schema migrations (safe to run again, and concurrently).
     Migrate,
@@ -267,14 +269,18 @@ pub struct CreateModelArgs {
 
 impl CreateModelArgs {
     fn learner_config(&self) -> anyhow::Result<LearnerConfig> {
-        let mut config: LearnerConfig = match &self.settings {
-            Some(json) => {
-                serde_json::from_str(json).context("--settings is not valid settings JSON")?
-            }
-            None => LearnerConfig::default(),
+        let given: serde_json::Value = match &self.settings {
+            Some(json) => serde_json::from_str(json).context("--settings is not valid JSON")?,
+            None => serde_json::json!({}),
         };
+        let mut config =
+            LearnerConfig::from_input(&given).map_err(|e| anyhow::anyhow!("--settings: {e}"))?;
         if let Some(v) = self.optimizer {
             config.optimizer = v;
+            // An optimizer without a rate gets its own default rate.
+            if self.learning_rate.is_none() && given.get("learning_rate").is_none() {
+                config.learning_rate = LearnerConfig::default_learning_rate(v);
+            }
         }
         if let Some(v) = self.learning_rate {
             config.learning_rate = v;

@@ -25,8 +25,9 @@ pub fn router() -> OpenApiRouter<AppState> {
 struct CreateModel {
     name: String,
     kind: ModelKind,
+    /// Parsed by [`LearnerConfig::from_input`] (an optimizer without a rate gets its own).
     #[serde(default)]
-    settings: Option<LearnerConfig>,
+    settings: Option<serde_json::Value>,
 }
 
 /// Creates a model (version 0, no parameters yet).
@@ -49,7 +50,10 @@ async fn create(
     let new = NewModel {
         name: request.name,
         kind: request.kind,
-        settings: request.settings.unwrap_or_default(),
+        settings: match &request.settings {
+            Some(given) => LearnerConfig::from_input(given).map_err(models::ModelError::from)?,
+            None => LearnerConfig::default(),
+        },
     };
     let (pool, new) = (&state.pool, &new);
     let model = retry::transient("create model", || models::create(pool, new)).await?;

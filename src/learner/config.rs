@@ -155,6 +155,30 @@ pub struct LearnerConfig {
     /// `(x - mean) / std` from running statistics of that feature (see
     /// [`crate::learner::standardized_value`] for the exact rule and its warm-up).
     pub standardize: bool,
+    /// With `standardize`: a standardized value is clipped to `[-c, c]` (0 = off). A feature's
+    /// first few values give a poor estimate of its spread, and a value then many "standard
+    /// deviations" away would swing a prediction by orders of magnitude; so would a rare
+    /// outlier later. Must be >= 0.
+    pub standardize_clip: f64,
+    /// Linear models: the intercept follows the running mean of the label (it starts at the
+    /// first label and moves with the mean), so a target far from zero costs no warm-up; the
+    /// weights and the SGD step on the intercept learn what the mean leaves. Ignored by logistic
+    /// models.
+    pub center_target: bool,
+    /// SGD: the "safe" normalized step. The step is bounded so that one example cannot move the
+    /// prediction past its label: the effective rates satisfy
+    /// `rate_intercept + rate * sum(x'^2) <= 1` (linear) or `<= 4` (logistic, whose loss curves
+    /// at most 1/4), by scaling both down when needed. With many features this is NLMS (Ross,
+    /// Mineiro & Langford 2013 normalize the same way); it makes SGD stable however many dense
+    /// features an example has.
+    pub safe_step: bool,
+    /// SGD: the intercept's learning rate is `learning_rate * (1 + (intercept_boost - 1) *
+    /// 0.5^(t / intercept_boost_half_life))`, `t` being the examples the intercept has seen: a
+    /// new model finds its level fast, then the intercept settles to the weights' rate. 1 = off.
+    /// Must be in [1, 1000].
+    pub intercept_boost: f64,
+    /// Examples for the intercept boost's excess over 1 to halve. Must be > 0.
+    pub intercept_boost_half_life: f64,
     /// Concept-drift detection over the prequential loss, and what to do on drift.
     pub drift: super::drift::DriftConfig,
     /// The guard against bad learning (applied by the worker, not the learner).
@@ -226,6 +250,41 @@ impl GuardConfig {
     }
 }
 
+impl LearnerConfig {
+    /// The default base rate of each optimizer (the rate a model gets when its settings name an
+    /// optimizer but no `learning_rate`). The adaptive optimizers divide by the root of their
+    /// summed squared gradients, so on standardized inputs their steps shrink like `1/sqrt(t)`
+    /// and need a base rate an order of magnitude above SGD's (measured on the learning suite,
+    /// docs/BENCHMARKS.md).
+    pub fn default_learning_rate(optimizer: OptimizerKind) -> f64 {
+        match optimizer {
+            OptimizerKind::Sgd => DEFAULT_SGD_RATE,
+            OptimizerKind::Adagrad => 0.3,
+            OptimizerKind::Rmsprop => 0.03,
+            OptimizerKind::Adam => 0.03,
+            OptimizerKind::Ftrl => 1.0,
+        }
+    }
+
+    /// The defaults before the learning suite (issue 17): plain SGD at 0.02 without target
+    /// centring, safe step or intercept boost. A stored model's settings without the newer fields
+    /// read as these ([`LearnerConfig::from_stored`]), so existing models keep their behaviour.
+    pub fn legacy() -> LearnerConfig {
+        LearnerConfig {
+            learning_rate: 0.02,
+            standardize_clip: 0.0,
+            center_target: false,
+            safe_step: false,
+            intercept_boost: 1.0,
+            intercept_boost_half_life: 100.0,
+            ..LearnerConfig::default()
+        }
+    }
+}
+
+/// SGD's default base rate.
+const DEFAULT_SGD_RATE: f64 = 0.02;
+
 impl Default for LearnerConfig {
     /// The defaults are chosen to work on unscaled real data without tuning, including after an
     /// abrupt concept drift: plain SGD at a constant rate of 0.02 on standardized features.
@@ -243,10 +302,20 @@ impl Default for LearnerConfig {
     ///   slowly decaying second moment (beta2 = 0.999) freezes the weights an outlier has moved
     ///   for thousands of examples, while AdaGrad's and FTRL's ever-growing sums freeze their
     ///   rate after a drift. A decaying schedule would also stop following drifts.
-    /// * The limit: SGD is stable while `learning_rate * (1 + sum of the squared standardized
-    ///   feature values of an example) < 2`, i.e. up to about 100 dense features per example
-    ///   (sparse indicators count 1 each when present). With more, lower `learning_rate`, or use
-    ///   `adam` (`learning_rate` 0.02 to 0.05), which cannot diverge.
+    /// * `safe_step: true`: plain SGD is stable only while `learning_rate * (1 + sum of the
+    ///   squared standardized feature values of an example) < 2` (about 100 dense features at
+    ///   0.02; past it the old default diverged, measured on the learning suite's 60-feature
+    ///   stream: MAE 1e98). The safe step scales an update down when it would carry the
+    ///   prediction past the label, so no example, however wide, makes SGD diverge.
+    /// * `center_target: true` (linear): the intercept starts at the first label and follows
+    ///   the label's running mean, so a target at 40 or 5000 costs no warm-up (the old default
+    ///   climbed from 0 at 2% a step); `intercept_boost: 10` with a half-life of 100 examples
+    ///   lets the intercept (and a logistic model's base rate) settle fast, then at the weights'
+    ///   rate.
+    /// * Each optimizer has its own default rate ([`LearnerConfig::default_learning_rate`]):
+    ///   AdaGrad 0.3, FTRL 1, Adam and RMSprop 0.03; at SGD's 0.02 AdaGrad and FTRL barely
+    ///   moved from a running mean.
+    /// * Measured on the learning suite (`olps bench learn --python …`, docs/BENCHMARKS.md).
     /// * Measured (`tests/it/learner.rs`): on the reference drift stream, MSE 0.011 before the
     ///   drift and 0.011 over the last 500 rows (noise floor 0.01); prequential accuracy 98.4%
     ///   (99.2% on the second half) on an unscaled separable logistic stream.
@@ -257,7 +326,7 @@ impl Default for LearnerConfig {
     fn default() -> Self {
         LearnerConfig {
             optimizer: OptimizerKind::Sgd,
-            learning_rate: 0.02,
+            learning_rate: DEFAULT_SGD_RATE,
             lr_schedule: LrSchedule::Constant,
             power_t: 0.25,
             beta1: 0.9,
@@ -269,6 +338,11 @@ impl Default for LearnerConfig {
             l2: 0.0,
             clip_gradient: 0.0,
             standardize: true,
+            standardize_clip: 10.0,
+            center_target: true,
+            safe_step: true,
+            intercept_boost: 10.0,
+            intercept_boost_half_life: 100.0,
             drift: super::drift::DriftConfig::default(),
             guard: GuardConfig::default(),
         }
@@ -315,20 +389,75 @@ impl LearnerConfig {
         check("clip_gradient", self.clip_gradient, ">= 0 (0 = off)", |x| {
             x >= 0.0
         })?;
+        check(
+            "standardize_clip",
+            self.standardize_clip,
+            ">= 0 (0 = off)",
+            |x| x >= 0.0,
+        )?;
+        check(
+            "intercept_boost",
+            self.intercept_boost,
+            "in [1, 1000] (1 = off)",
+            |x| (1.0..=1000.0).contains(&x),
+        )?;
+        check(
+            "intercept_boost_half_life",
+            self.intercept_boost_half_life,
+            "> 0",
+            |x| x > 0.0,
+        )?;
         self.drift.validate()?;
         self.guard.validate()?;
         Ok(())
     }
 
-    /// Parses the JSON stored in the models table (`{}` gives the defaults) and validates it.
-    pub fn from_json(value: &serde_json::Value) -> Result<LearnerConfig, ConfigError> {
-        let config: LearnerConfig =
-            serde_json::from_value(value.clone()).map_err(|e| ConfigError::Invalid {
-                field: "config",
-                message: e.to_string(),
+    /// Parses settings a user gave (HTTP, `--settings`), without validating them: a missing
+    /// field takes its default, and a missing `learning_rate` the default rate of the chosen
+    /// optimizer ([`LearnerConfig::default_learning_rate`]).
+    pub fn from_input(value: &serde_json::Value) -> Result<LearnerConfig, ConfigError> {
+        let mut config: LearnerConfig =
+            serde_path_to_error::deserialize(value.clone()).map_err(|e| {
+                let path = e.path().to_string();
+                let message = e.into_inner().to_string();
+                if path == "." {
+                    ConfigError::Invalid {
+                        field: "config",
+                        message,
+                    }
+                } else {
+                    ConfigError::Parse { path, message }
+                }
             })?;
+        if value.get("learning_rate").is_none() {
+            config.learning_rate = Self::default_learning_rate(config.optimizer);
+        }
+        Ok(config)
+    }
+
+    /// [`LearnerConfig::from_input`], then [`LearnerConfig::validate`].
+    pub fn from_json(value: &serde_json::Value) -> Result<LearnerConfig, ConfigError> {
+        let config = Self::from_input(value)?;
         config.validate()?;
         Ok(config)
+    }
+
+    /// Reads settings stored in the models table. A field missing there takes its value from
+    /// [`LearnerConfig::legacy`], not from the current defaults: settings written before a
+    /// field existed keep the behaviour they had (a model's stored JSON holds every field that
+    /// existed when it was created). Not validated (the caller decides what a bad row means).
+    pub fn from_stored(value: &serde_json::Value) -> Result<LearnerConfig, serde_json::Error> {
+        let serde_json::Value::Object(stored) = value else {
+            return serde_json::from_value(value.clone());
+        };
+        let mut merged = match serde_json::to_value(Self::legacy()) {
+            Ok(serde_json::Value::Object(m)) => m,
+            _ => unreachable!("settings serialize to an object"),
+        };
+        for (k, v) in stored {
+            merged.insert(k.clone(), v.clone());
+        }
+        serde_json::from_value(serde_json::Value::Object(merged))
     }
 }
 
@@ -377,5 +506,74 @@ mod tests {
         assert!(err.to_string().starts_with("learning_rate: "), "{err}");
         let err = LearnerConfig::from_json(&serde_json::json!({"lr": 0.1})).unwrap_err();
         assert!(err.to_string().contains("unknown field `lr`"), "{err}");
+    }
+
+    #[test]
+    fn an_optimizer_without_a_rate_gets_its_own_default_rate() {
+        for o in OptimizerKind::ALL {
+            let c = LearnerConfig::from_json(&serde_json::json!({ "optimizer": o })).unwrap();
+            assert_eq!(c.learning_rate, LearnerConfig::default_learning_rate(*o));
+            let c = LearnerConfig::from_json(
+                &serde_json::json!({ "optimizer": o, "learning_rate": 0.5 }),
+            )
+            .unwrap();
+            assert_eq!(c.learning_rate, 0.5);
+        }
+        assert_eq!(
+            LearnerConfig::from_json(&serde_json::json!({})).unwrap(),
+            LearnerConfig::default()
+        );
+        assert!(
+            LearnerConfig::default_learning_rate(OptimizerKind::Adagrad)
+                > LearnerConfig::default_learning_rate(OptimizerKind::Sgd)
+        );
+    }
+
+    #[test]
+    fn stored_settings_without_the_new_fields_keep_the_old_behaviour() {
+        // What a model created before the new fields existed has in `models.settings`.
+        let mut old = serde_json::to_value(LearnerConfig::legacy()).unwrap();
+        let object = old.as_object_mut().unwrap();
+        for field in [
+            "standardize_clip",
+            "center_target",
+            "safe_step",
+            "intercept_boost",
+            "intercept_boost_half_life",
+        ] {
+            assert!(object.remove(field).is_some(), "{field}");
+        }
+        let read = LearnerConfig::from_stored(&old).unwrap();
+        assert_eq!(read, LearnerConfig::legacy());
+        assert_eq!(read.learning_rate, 0.02);
+        assert!(!read.center_target && !read.safe_step);
+        assert_eq!(read.intercept_boost, 1.0);
+        // A stored `{}` (a row inserted by hand) is the old defaults too, not the new ones.
+        assert_eq!(
+            LearnerConfig::from_stored(&serde_json::json!({})).unwrap(),
+            LearnerConfig::legacy()
+        );
+        // New models store every field, and read back as they were written.
+        let new = serde_json::to_value(LearnerConfig::default()).unwrap();
+        assert_eq!(
+            LearnerConfig::from_stored(&new).unwrap(),
+            LearnerConfig::default()
+        );
+        assert_ne!(LearnerConfig::legacy(), LearnerConfig::default());
+        LearnerConfig::legacy().validate().unwrap();
+        // Unknown stored fields are still an error (an unreadable model, not a silent default).
+        assert!(LearnerConfig::from_stored(&serde_json::json!({"lr": 1})).is_err());
+    }
+
+    #[test]
+    fn intercept_boost_is_validated() {
+        for (field, bad) in [
+            ("intercept_boost", 0.5),
+            ("intercept_boost", 2000.0),
+            ("intercept_boost_half_life", 0.0),
+        ] {
+            let err = LearnerConfig::from_json(&serde_json::json!({ field: bad })).unwrap_err();
+            assert!(err.to_string().starts_with(field), "{err}");
+        }
     }
 }

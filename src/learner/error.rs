@@ -10,4 +10,7 @@ pub enum ConfigError {
         field: &'static str,
         message: String,
     },
+    /// Settings JSON that does not parse: `path` is where (e.g. `optimizer`, `drift.detector`).
+    #[error("{path}: {message}")]
+    Parse { path: String, message: String },
 }

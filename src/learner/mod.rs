@@ -193,8 +193,8 @@ impl Learner {
     /// configured, from the feature's current statistics).
     pub fn feature_input(&self, name: &str, x: f64) -> f64 {
         match self.params.get(name) {
-            Some(s) => standardized_value(self.config.standardize, x, s),
-            None => standardized_value(self.config.standardize, x, &ParamState::default()),
+            Some(s) => optimizer::input_value(&self.config, x, s),
+            None => optimizer::input_value(&self.config, x, &ParamState::default()),
         }
     }
 
@@ -205,7 +205,7 @@ impl Learner {
             return 0.0;
         }
         match self.params.get(name) {
-            Some(s) => contribution(s.value, standardized_value(self.config.standardize, x, s)),
+            Some(s) => contribution(s.value, optimizer::input_value(&self.config, x, s)),
             None => 0.0,
         }
     }
@@ -365,10 +365,14 @@ impl Learner {
         }
         let lr = self.effective_learning_rate();
         let residual = sat(example.weight * (prediction - example.label), GRAD_MAX);
+        let (lr_intercept, lr_weights) = self.step_rates(lr, features, example.weight);
 
-        self.update(INTERCEPT, None, residual, lr);
+        self.update(INTERCEPT, None, residual, lr_intercept);
         for (name, x) in features {
-            self.update(name, Some(*x), residual, lr);
+            self.update(name, Some(*x), residual, lr_weights);
+        }
+        if self.config.center_target && self.kind == ModelKind::Linear {
+            self.follow_target_mean(example.label);
         }
         self.examples_seen = self.examples_seen.saturating_add(1);
         self.drift.decay(&self.config.drift);
@@ -377,6 +381,66 @@ impl Learner {
             loss: step_loss,
             learning_rate: lr,
         })
+    }
+
+    /// The rates of this step for the intercept and for the weights, from the base rate `lr`:
+    /// the intercept boost (every optimizer but FTRL, whose closed form assumes a fixed rate per
+    /// coordinate), then, for SGD with `safe_step`, both scaled down so that the step cannot
+    /// carry the prediction past the label (see [`LearnerConfig::safe_step`]).
+    fn step_rates(&self, lr: f64, features: &[(String, f64)], weight: f64) -> (f64, f64) {
+        let c = &self.config;
+        let mut lr_intercept = lr;
+        if c.intercept_boost > 1.0 && c.optimizer != OptimizerKind::Ftrl {
+            let t = self.param(INTERCEPT).count.max(0) as f64;
+            let decay = (-t / c.intercept_boost_half_life).exp2();
+            lr_intercept = lr * (1.0 + (c.intercept_boost - 1.0) * decay);
+        }
+        if !(c.safe_step && c.optimizer == OptimizerKind::Sgd) {
+            return (lr_intercept, lr);
+        }
+        // A feature named like the intercept is ignored by the margin, and so here.
+        let norm2: f64 = features
+            .iter()
+            .filter(|(name, _)| name != INTERCEPT)
+            .map(|(name, x)| {
+                let x_prime = self.feature_input(name, *x);
+                sat(x_prime * x_prime, f64::MAX)
+            })
+            .sum();
+        // How far one unit of residual moves the margin; the margin's slope is at most 1
+        // (linear) or 1/4 (logistic), so the step stays below the label's distance.
+        let reach = sat((lr_intercept + lr * norm2) * weight, f64::MAX);
+        let bound = match self.kind {
+            ModelKind::Linear => 1.0,
+            ModelKind::Logistic => 4.0,
+        };
+        if reach > bound {
+            let scale = bound / reach;
+            (lr_intercept * scale, lr * scale)
+        } else {
+            (lr_intercept, lr)
+        }
+    }
+
+    /// `center_target`: the intercept's `mean`/`m2` (unused by the intercept otherwise) hold the
+    /// running mean and squared deviations of the label; the intercept starts at the first label
+    /// and then moves with the mean, on top of its own SGD step. Called after the update, when the
+    /// intercept's count includes this example.
+    fn follow_target_mean(&mut self, label: f64) {
+        let state = self
+            .params
+            .get_mut(INTERCEPT)
+            .expect("the intercept is updated by every example");
+        let t = state.count.max(1);
+        let old_mean = if t == 1 { 0.0 } else { state.mean };
+        optimizer::welford(state, label, t);
+        if t == 1 {
+            // The first label is the best guess of the level there is.
+            state.value = sat(label, VALUE_MAX);
+        } else {
+            let moved = sat(state.mean - old_mean, f64::MAX);
+            state.value = sat(state.value + moved, VALUE_MAX);
+        }
     }
 
     fn update(&mut self, name: &str, x: Option<f64>, residual: f64, lr: f64) {
@@ -399,13 +463,56 @@ mod tests {
         pairs.iter().map(|(n, v)| (n.to_string(), *v)).collect()
     }
 
+    /// Plain SGD (the old defaults: no safe step, no centring, no intercept boost).
     fn sgd(standardize: bool) -> LearnerConfig {
         LearnerConfig {
             optimizer: OptimizerKind::Sgd,
             learning_rate: 0.1,
             standardize,
-            ..LearnerConfig::default()
+            ..LearnerConfig::legacy()
         }
+    }
+
+    #[test]
+    fn new_default_steps_by_hand() {
+        let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
+        let cfg = LearnerConfig {
+            learning_rate: 0.1,
+            standardize: false,
+            ..LearnerConfig::default()
+        };
+        // Linear, first example: the safe step bounds the reach (1 + 0.1 * 10) * 1 = 2 to 1,
+        // so both rates halve; then the intercept jumps to the first label.
+        let mut l = Learner::new(ModelKind::Linear, cfg.clone());
+        let e = Example::new(f(&[("a", 3.0), ("b", -1.0)]), 50.0, 1.0).unwrap();
+        l.learn(&e);
+        assert!(
+            close(l.param("a").value, 0.05 * 50.0 * 3.0),
+            "{}",
+            l.param("a").value
+        );
+        assert!(close(l.param("b").value, -(0.05 * 50.0)));
+        let b = l.param(INTERCEPT);
+        assert_eq!((b.value, b.mean, b.count), (50.0, 50.0, 1));
+        // Second example: the intercept's boosted rate is 0.1 * (1 + 9 * 0.5^(1/100)); the
+        // reach stays below 1 for a tiny feature, so the rates are as scheduled; the intercept
+        // also moves with the label mean (50 -> 51).
+        let e = Example::new(f(&[("a", 0.001)]), 52.0, 1.0).unwrap();
+        let p = l.predict(e.features());
+        let lr_b = 0.1 * (1.0 + 9.0 * 0.5f64.powf(1.0 / 100.0));
+        l.learn(&e);
+        let want = 50.0 - lr_b * (p - 52.0) + 1.0;
+        assert!(close(l.param(INTERCEPT).value, want));
+        assert_eq!(l.param(INTERCEPT).mean, 51.0);
+        // Logistic: no centring (the intercept's statistics stay 0), bound 4.
+        let mut l = Learner::new(ModelKind::Logistic, cfg);
+        let e = Example::new(f(&[("a", 30.0)]), 1.0, 1.0).unwrap();
+        l.learn(&e);
+        // reach = (1.0 + 0.1 * 900) = 91 > 4: rates scaled by 4/91; residual 0.5 - 1.
+        let scale = 4.0 / (1.0 + 0.1 * 900.0);
+        assert!(close(l.param(INTERCEPT).value, 1.0 * scale * 0.5));
+        assert!(close(l.param("a").value, 0.1 * scale * 0.5 * 30.0));
+        assert_eq!(l.param(INTERCEPT).mean, 0.0);
     }
 
     #[test]

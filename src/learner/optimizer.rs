@@ -88,6 +88,18 @@ pub fn standardized_value(standardize: bool, x: f64, state: &ParamState) -> f64 
     }
 }
 
+/// The input a feature enters the model with under `cfg`: [`standardized_value`], clipped to
+/// `[-standardize_clip, standardize_clip]` when standardizing with a clip.
+#[inline]
+pub fn input_value(cfg: &LearnerConfig, x: f64, state: &ParamState) -> f64 {
+    let v = standardized_value(cfg.standardize, x, state);
+    if cfg.standardize && cfg.standardize_clip > 0.0 {
+        v.clamp(-cfg.standardize_clip, cfg.standardize_clip)
+    } else {
+        v
+    }
+}
+
 /// One contribution `w * x'` to the margin, saturated.
 #[inline]
 pub fn contribution(weight: f64, x_prime: f64) -> f64 {
@@ -115,7 +127,7 @@ pub fn step_param(
 ) {
     let is_feature = x.is_some();
     let x_prime = match x {
-        Some(x) => standardized_value(cfg.standardize, x, state),
+        Some(x) => input_value(cfg, x, state),
         None => 1.0,
     };
     let mut g = residual * x_prime;
@@ -192,7 +204,7 @@ fn move_value(state: &mut ParamState, step: f64) {
 /// Welford's update of the running mean and sum of squared deviations with raw value `x`, `t`
 /// being the count including `x`.
 #[inline]
-fn welford(state: &mut ParamState, x: f64, t: i64) {
+pub(super) fn welford(state: &mut ParamState, x: f64, t: i64) {
     let mean = if state.mean.is_finite() {
         state.mean
     } else {

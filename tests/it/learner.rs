@@ -567,7 +567,9 @@ fn config_validation_names_the_field() {
     ];
     for (field, config) in cases {
         let err = config.validate().unwrap_err();
-        let ConfigError::Invalid { field: got, .. } = &err;
+        let ConfigError::Invalid { field: got, .. } = &err else {
+            panic!("{field}: not a validation error: {err}");
+        };
         assert_eq!(*got, field);
         let message = err.to_string();
         assert!(

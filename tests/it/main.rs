@@ -23,6 +23,7 @@ mod fuzz;
 mod idempotent_ingest;
 mod isolation;
 mod learner;
+mod learning_defaults;
 mod listeners;
 mod long_run;
 mod module_graph;
