@@ -15,6 +15,7 @@ use sqlx::{PgConnection, PgPool};
 use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
+use crate::citus::Topology;
 use crate::learner::{reset_state, Learner, ModelKind, ParamState, INTERCEPT};
 use crate::models::{self, ModelError, ModelStatus};
 use crate::params::{self, ParamChange, UpdateType};
@@ -207,6 +208,8 @@ pub struct Worker {
     unreadable: HashMap<Uuid, Instant>,
     maintenance_checked: Option<Instant>,
     maintenance: Option<tokio::task::JoinHandle<()>>,
+    /// Found out at the first pass (a few statements differ on Citus).
+    topology: Option<Topology>,
 }
 
 impl Worker {
@@ -219,6 +222,7 @@ impl Worker {
             unreadable: HashMap::new(),
             maintenance_checked: None,
             maintenance: None,
+            topology: None,
         }
     }
 
@@ -638,13 +642,17 @@ impl Worker {
     /// batch fails does not stop the pass: the others get their batch.
     pub async fn run_pass(&mut self) -> Result<WorkerStats, WorkerError> {
         self.maybe_maintain();
+        let topology = match self.topology {
+            Some(t) => t,
+            None => *self.topology.insert(Topology::detect(&self.pool).await?),
+        };
         let mut stats = WorkerStats {
-            dead: queue::dead_letter_unknown_models(&self.pool).await?,
+            dead: queue::dead_letter_unknown_models(&self.pool, topology).await?,
             ..WorkerStats::default()
         };
         crate::metrics::worker_dead("unknown model", stats.dead);
         let unreadable = self.unreadable_models();
-        for model_id in queue::models_with_work(&self.pool, &self.config.models).await? {
+        for model_id in queue::models_with_work(&self.pool, &self.config.models, topology).await? {
             if unreadable.contains(&model_id) {
                 continue;
             }

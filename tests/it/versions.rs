@@ -86,7 +86,7 @@ async fn assert_learner_state_of(pool: &PgPool, id: Uuid, version: i64) {
     let (now, then): (Value, Option<Value>) = sqlx::query_as(
         "SELECT m.learner_state,
                 (SELECT v.learner_state FROM model_versions v
-                 WHERE v.model_id = m.model_id AND v.model_version = $2)
+                 WHERE v.model_id = $1 AND v.model_version = $2)
          FROM models m WHERE m.model_id = $1",
     )
     .bind(id)
