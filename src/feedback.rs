@@ -363,15 +363,20 @@ pub async fn insert(
         metadata.push(e.metadata.to_string());
         timestamp.push(e.timestamp);
     }
+    // The statement wakes the workers itself (`wake`, delivered at commit): on Citus the
+    // enqueue trigger runs on a worker node, whose NOTIFY would never reach the coordinator. On one
+    // server the trigger's identical notification in the same transaction is folded into this one.
     let inserted = sqlx::query(
-        "INSERT INTO feedback_events
+        "WITH wake AS MATERIALIZED (SELECT pg_notify('olps_feedback', ''))
+         INSERT INTO feedback_events
              (model_id, id, entity_id, feedback_type, feedback_value, confidence, metadata,
               timestamp)
          SELECT $1, u.id, u.entity_id, u.feedback_type, u.feedback_value, u.confidence,
                 u.metadata::jsonb, coalesce(u.ts, now())
          FROM unnest($8::uuid[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::text[],
                      $7::timestamptz[]) WITH ORDINALITY
-              AS u(id, entity_id, feedback_type, feedback_value, confidence, metadata, ts, ord)
+              AS u(id, entity_id, feedback_type, feedback_value, confidence, metadata, ts, ord),
+              wake
          ORDER BY u.ord
          ON CONFLICT (model_id, id) DO NOTHING",
     )

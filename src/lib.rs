@@ -18,6 +18,7 @@
 
 pub mod auth;
 pub mod bench;
+pub mod citus;
 pub mod cli;
 pub mod db;
 pub mod demo;

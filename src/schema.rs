@@ -35,6 +35,11 @@ pub enum MigrateError {
     },
     #[error("applying the group roles and grants: {0}")]
     Roles(#[source] tokio_postgres::Error),
+    #[error(
+        "distributing the schema on Citus (the database has the citus extension): {0}; \
+         check that the worker nodes are added (SELECT * FROM citus_get_active_worker_nodes())"
+    )]
+    Distribute(#[source] tokio_postgres::Error),
 }
 
 /// What a migration run did.
@@ -98,11 +103,16 @@ async fn run(database_url: &str, always_grant: bool) -> Result<MigrationReport, 
         .set_grouped(false)
         .run_async(&mut client)
         .await;
-    let grant = match &outcome {
-        Ok(report) => {
+    // On Citus, tables a migration created are distributed before they are granted on.
+    let distributed = match &outcome {
+        Ok(_) => client.batch_execute(crate::citus::DISTRIBUTE_SQL).await,
+        Err(_) => Ok(()),
+    };
+    let grant = match (&outcome, &distributed) {
+        (Ok(report), Ok(())) => {
             always_grant || !report.applied_migrations().is_empty() || !roles_exist(&client).await
         }
-        Err(_) => false,
+        _ => false,
     };
     let roles = if grant {
         client.batch_execute(ROLES_SQL).await
@@ -126,6 +136,7 @@ async fn run(database_url: &str, always_grant: bool) -> Result<MigrationReport, 
         }
         Err(e) => return Err(e.into()),
     };
+    distributed.map_err(MigrateError::Distribute)?;
     roles.map_err(MigrateError::Roles)?;
     let applied = report
         .applied_migrations()

@@ -14,7 +14,8 @@
 //! `model_version <= V` (each row carries the whole state after the change); a parameter without
 //! one did not exist at V. Two set-based ways compute it inside PostgreSQL:
 //! - *forward*: the nearest snapshot at or below V, overlaid with the latest history row in
-//!   (snapshot, V] per parameter (`olps_parameters_from`, migration V2);
+//!   (snapshot, V] per parameter (`reconstruct::PARAMETERS_FROM`, the body of the SQL function
+//!   `olps_parameters_from` of migration V2);
 //! - *backward*: the current parameters, except those with history rows above V, which take their
 //!   latest row at or below V (or the snapshot's state, or nothing). Its cost grows with what
 //!   changed after V, not with the model's size.

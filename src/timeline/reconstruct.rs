@@ -250,9 +250,42 @@ pub(crate) async fn choose_lookup(
 /// spill to disk, several times slower, under the 4MB default). Set for one transaction.
 pub(crate) const RECONSTRUCTION_WORK_MEM: &str = "SET LOCAL work_mem = '128MB'";
 
-/// The "forward" reconstruction as a `target` CTE over every parameter that exists now or
-/// existed at $2, with the columns of [`changed_and_target`]'s.
-pub(crate) const FULL_TARGET: &str = "
+/// The forward reconstruction: the parameters of model $1 at version $2 from snapshot $4 (taken
+/// at version $3; NULL and 0 to start from nothing) overlaid with each parameter's latest
+/// history row in ($3, $2], as a subquery with the columns of `olps_parameters_from`
+/// (migration V2), whose body it is. Written out instead of calling the function: PostgreSQL
+/// inlines that SQL function into the same plan anyway, and Citus sends a statement to the
+/// model's node whole only when it calls no function that reads distributed tables itself.
+pub(crate) const PARAMETERS_FROM: &str = "(
+    WITH hist AS (
+        SELECT DISTINCT ON (u.parameter_id)
+               u.parameter_id, u.new_value, u.opt_m, u.opt_v, u.update_count, u.feature_mean,
+               u.feature_m2, u.model_version
+        FROM parameter_updates u
+        WHERE u.model_id = $1 AND u.model_version > $3 AND u.model_version <= $2
+        ORDER BY u.parameter_id, u.model_version DESC
+    ), snap AS (
+        SELECT s.parameter_id, s.value, s.opt_m, s.opt_v, s.update_count, s.feature_mean,
+               s.feature_m2, s.last_version
+        FROM snapshot_parameters s
+        WHERE s.model_id = $1 AND s.snapshot_id = $4::uuid
+    )
+    SELECT coalesce(h.parameter_id, s.parameter_id) AS parameter_id,
+           coalesce(h.new_value, s.value) AS value,
+           coalesce(h.opt_m, s.opt_m) AS opt_m,
+           coalesce(h.opt_v, s.opt_v) AS opt_v,
+           coalesce(h.update_count, s.update_count) AS update_count,
+           coalesce(h.feature_mean, s.feature_mean) AS feature_mean,
+           coalesce(h.feature_m2, s.feature_m2) AS feature_m2,
+           coalesce(h.model_version, s.last_version) AS last_version
+    FROM hist h FULL JOIN snap s ON s.parameter_id = h.parameter_id
+)";
+
+/// The "forward" reconstruction ([`PARAMETERS_FROM`]) as a `target` CTE over every parameter that
+/// exists now or existed at $2, with the columns of [`changed_and_target`]'s.
+pub(crate) fn full_target() -> String {
+    format!(
+        "
     target AS (
         SELECT coalesce(a.parameter_id, p.parameter_id) AS parameter_id,
                a.parameter_id IS NOT NULL AS present,
@@ -266,10 +299,12 @@ pub(crate) const FULL_TARGET: &str = "
                p.parameter_id IS NOT NULL AS exists_now,
                p.current_value AS cur_value, p.opt_m AS cur_m, p.opt_v AS cur_v,
                p.update_count AS cur_count, p.feature_mean AS cur_mean, p.feature_m2 AS cur_m2
-        FROM olps_parameters_from($1, $2, $3, $4::uuid) a
+        FROM {PARAMETERS_FROM} a
         FULL JOIN (SELECT * FROM model_parameters mp WHERE mp.model_id = $1) p
             ON p.parameter_id = a.parameter_id
-    )";
+    )"
+    )
+}
 
 /// One parameter at a version: its value, optimizer and standardization state, and the version
 /// that last changed it.
@@ -397,9 +432,7 @@ pub async fn parameters_at_with(
             }
         };
         let sql = if forward {
-            "SELECT * FROM olps_parameters_from($1, $2, $3, $4::uuid)
-             ORDER BY parameter_id COLLATE \"C\""
-                .to_string()
+format!("SELECT * FROM {PARAMETERS_FROM} a ORDER BY parameter_id COLLATE \"C\"")
         } else {
             let lookup = match plan {
                 ReadPlan::Backward(lookup) => lookup,

@@ -13,7 +13,7 @@ use sqlx::PgConnection;
 use uuid::Uuid;
 
 use super::error::TimelineError;
-use super::reconstruct::{self, Base, Lookup, FULL_TARGET};
+use super::reconstruct::{self, Base, Lookup};
 use super::snapshots::{self, Lock};
 use super::version::{self, commit_version, VersionRecord};
 use crate::models::{self, ModelError};
@@ -148,7 +148,7 @@ async fn rollback_as(
     let version = model.version + 1;
     let target_sql = match lookup {
         Some(lookup) => reconstruct::changed_and_target(lookup),
-        None => FULL_TARGET.to_string(),
+        None => reconstruct::full_target(),
     };
     let metadata = serde_json::json!({"rolled_back_to": to, "snapshot_id": snapshot_id});
     let (changed, zeroed): (i64, i64) = sqlx::query_as(&format!(

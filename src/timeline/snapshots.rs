@@ -410,10 +410,12 @@ pub async fn maybe_auto_snapshot(
                     AND now() - coalesce(last.created_at, m.created_at)
                         >= make_interval(mins => m.auto_snapshot_every_minutes)) AS due
          FROM models m
-         LEFT JOIN LATERAL (
+         -- One row even without snapshots (an aggregate); named by $1, not correlated with
+         -- m, since Citus joins no correlated subquery with a reference table.
+         CROSS JOIN (
              SELECT max(s.model_version) AS version, max(s.created_at) AS created_at
-             FROM snapshots s WHERE s.model_id = m.model_id
-         ) last ON TRUE
+             FROM snapshots s WHERE s.model_id = $1
+         ) last
          WHERE m.model_id = $1
            AND (m.auto_snapshot_every_versions IS NOT NULL
                 OR m.auto_snapshot_every_minutes IS NOT NULL)",

@@ -16,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use uuid::Uuid;
 
 use self::batching::{AdaptiveBatching, BatchSizer};
+use crate::citus::Topology;
 use crate::learner::{reset_state, Learner, ModelKind, ParamState, INTERCEPT};
 use crate::models::{self, ModelError, ModelStatus};
 use crate::params::{self, ParamChange, UpdateType};
@@ -256,6 +257,8 @@ pub struct Worker {
     maintenance: Option<tokio::task::JoinHandle<()>>,
     /// Claim timings since the last pass took them: (claims, seconds, longest).
     claim_times: (u64, f64, f64),
+    /// Found out at the first pass (a few statements differ on Citus).
+    topology: Option<Topology>,
 }
 
 impl Worker {
@@ -270,6 +273,7 @@ impl Worker {
             maintenance_checked: None,
             maintenance: None,
             claim_times: (0, 0.0, 0.0),
+            topology: None,
         }
     }
 
@@ -742,13 +746,17 @@ impl Worker {
         shutdown: &CancellationToken,
     ) -> Result<WorkerStats, WorkerError> {
         self.maybe_maintain();
+        let topology = match self.topology {
+            Some(t) => t,
+            None => *self.topology.insert(Topology::detect(&self.pool).await?),
+        };
         let mut stats = WorkerStats {
-            dead: queue::dead_letter_unknown_models(&self.pool).await?,
+            dead: queue::dead_letter_unknown_models(&self.pool, topology).await?,
             ..WorkerStats::default()
         };
         crate::metrics::worker_dead("unknown model", stats.dead);
         let unreadable = self.unreadable_models();
-        for model_id in queue::models_with_work(&self.pool, &self.config.models).await? {
+        for model_id in queue::models_with_work(&self.pool, &self.config.models, topology).await? {
             if shutdown.is_cancelled() {
                 break;
             }

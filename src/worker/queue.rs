@@ -4,6 +4,8 @@
 use sqlx::{FromRow, PgConnection, PgExecutor};
 use uuid::Uuid;
 
+use crate::citus::Topology;
+
 /// A claimed queue row with what the learner needs from its event.
 #[derive(Debug, Clone, FromRow)]
 pub struct ClaimedRow {
@@ -30,21 +32,34 @@ pub struct ClaimedRow {
 
 /// Active models with pending work (optionally only among `only`), in random order so that
 /// several workers start on different models.
+///
+/// On Citus, `models` is a reference table, and Citus runs no correlated subquery under one: there
+/// each shard joins its pending rows with its copy of `models` (one probe of the claim index per
+/// model), and the coordinator merges the shards' answers.
 pub async fn models_with_work(
     db: impl PgExecutor<'_>,
     only: &[Uuid],
+    topology: Topology,
 ) -> Result<Vec<Uuid>, sqlx::Error> {
-    sqlx::query_scalar(
-        "SELECT m.model_id FROM models m
-         WHERE m.status = 'active'
-           AND (cardinality($1::uuid[]) = 0 OR m.model_id = ANY($1::uuid[]))
-           AND EXISTS (SELECT 1 FROM feedback_queue q
-                       WHERE q.model_id = m.model_id AND q.status = 'pending')
-         ORDER BY random()",
-    )
-    .bind(only)
-    .fetch_all(db)
-    .await
+    let sql = match topology {
+        Topology::Single => {
+            "SELECT m.model_id FROM models m
+             WHERE m.status = 'active'
+               AND (cardinality($1::uuid[]) = 0 OR m.model_id = ANY($1::uuid[]))
+               AND EXISTS (SELECT 1 FROM feedback_queue q
+                           WHERE q.model_id = m.model_id AND q.status = 'pending')
+             ORDER BY random()"
+        }
+        Topology::Citus => {
+            "SELECT w.model_id FROM (
+                 SELECT DISTINCT q.model_id FROM feedback_queue q
+                 JOIN models m ON m.model_id = q.model_id
+                 WHERE m.status = 'active' AND q.status = 'pending'
+                   AND (cardinality($1::uuid[]) = 0 OR q.model_id = ANY($1::uuid[]))) w
+             ORDER BY random()"
+        }
+    };
+    sqlx::query_scalar(sql).bind(only).fetch_all(db).await
 }
 
 /// Makes the rest of the caller's transaction plan its statements so that their cost does not
@@ -56,20 +71,28 @@ pub async fn models_with_work(
 ///   acknowledgement). Generic plans estimate `model_id = $1` from the column's distinct count
 ///   and keep the primary-key lookups (2.7 ms for the same claim); they are also planned once per
 ///   connection instead of at every batch.
+///   On Citus custom plans are forced instead: the coordinator routes a statement to its node by
+///   the value of `model_id`, which a generic plan does not have ("could not create distributed
+///   plan"); the nodes plan their shard's statement themselves.
 /// - `enable_seqscan = off`: a generic plan made while a table was empty (a new database, or
 ///   just after a bulk delete and VACUUM) scans whole tables for the rest of the connection's
 ///   life; with sequential scans priced out it uses the indexes every hot statement has. At
 ///   1,000 events/s right after a bulk delete this took the median freshness from 104 ms to
 ///   18 ms (`olps bench freshness`).
 pub async fn plan_for_any_statistics(conn: &mut PgConnection) -> Result<(), sqlx::Error> {
-    sqlx::query(
-        "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
-                set_config('enable_seqscan', 'off', true)",
-    )
-    .execute(conn)
-    .await?;
+    let settings = format!(
+        "SELECT set_config('plan_cache_mode', {GENERIC_PLANS_UNLESS_CITUS}, true),
+                set_config('enable_seqscan', 'off', true)"
+    );
+    sqlx::query(&settings).execute(conn).await?;
     Ok(())
 }
+
+/// `force_generic_plan`, or `force_custom_plan` on Citus (see [`plan_for_any_statistics`]); the
+/// catalog lookup costs nothing next to the statement it is part of.
+const GENERIC_PLANS_UNLESS_CITUS: &str =
+    "CASE WHEN EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')
+          THEN 'force_custom_plan' ELSE 'force_generic_plan' END";
 
 /// Under contention, each priority level below the highest pending one gets one row of a claim
 /// for every `LOWER_LEVEL_SPACING` rows of the highest: the fair-share rule that bounds how long
@@ -109,6 +132,8 @@ pub fn lower_level_share(limit: i64, levels: i64) -> Option<i64> {
 /// joined afterwards. A plan of that shape, made while the tables were empty and kept by the
 /// connection, made every claim read all of the model's events once per claimed row: 42 s for a
 /// 1,000-row claim over 50,000 events.
+/// Every table is filtered on `model_id = $1` itself, not only through a join, so that Citus
+/// sees the statement touches one node and sends it there whole.
 pub async fn claim(
     conn: &mut PgConnection,
     model_id: Uuid,
@@ -122,15 +147,14 @@ pub async fn claim(
     // pending. (The sorts that remain, of at most `limit` rows per level, have no alternative.)
     // The batch's later statements need none of it (they look rows up by key). No JIT: a plan
     // that keeps a priced-out node costs over 1e10, and compiling it took 0.9 s.
-    sqlx::query(
-        "SELECT set_config('plan_cache_mode', 'force_generic_plan', true),
+    let settings = format!(
+        "SELECT set_config('plan_cache_mode', {GENERIC_PLANS_UNLESS_CITUS}, true),
                 set_config('enable_seqscan', 'off', true),
                 set_config('enable_sort', 'off', true),
                 set_config('enable_bitmapscan', 'off', true),
-                set_config('jit', 'off', true)",
-    )
-    .execute(&mut *conn)
-    .await?;
+                set_config('jit', 'off', true)"
+    );
+    sqlx::query(&settings).execute(&mut *conn).await?;
     let mut rows: Vec<ClaimedRow> = sqlx::query_as(
         "WITH RECURSIVE levels AS (
              (SELECT priority AS p FROM feedback_queue
@@ -172,10 +196,10 @@ pub async fn claim(
                     (ev.metadata -> 'features')::text AS features,
                     CASE WHEN ev.metadata ? 'features' THEN NULL ELSE (
                         SELECT p.features::text FROM prediction_log p
-                        WHERE p.model_id = ev.model_id AND p.entity_id = ev.entity_id
+                        WHERE p.model_id = $1 AND p.entity_id = ev.entity_id
                         ORDER BY p.id DESC LIMIT 1) END AS logged_features
              FROM feedback_events ev
-             WHERE ev.model_id = q.model_id AND ev.id = q.feedback_id
+             WHERE ev.model_id = $1 AND ev.id = q.feedback_id
              OFFSET 0) e",
     )
     .bind(model_id)
@@ -255,7 +279,25 @@ pub async fn dead_letter(
 /// pending rows are found with one probe of the claim index per model (a recursive "loose index
 /// scan"), and only the rows of unknown models are touched. (Checking every pending row took
 /// 0.1 s per pass at 1M pending rows, once per batch.)
-pub async fn dead_letter_unknown_models(db: impl PgExecutor<'_>) -> Result<u64, sqlx::Error> {
+///
+/// Citus runs no recursive CTE over a distributed table: there each shard checks its own pending
+/// rows against `models` (a reference table, so the check runs on the shards), in parallel.
+pub async fn dead_letter_unknown_models(
+    db: impl PgExecutor<'_>,
+    topology: Topology,
+) -> Result<u64, sqlx::Error> {
+    if topology == Topology::Citus {
+        let done = sqlx::query(
+            "UPDATE feedback_queue q
+             SET status = 'dead', dead_at = now(),
+                 dead_reason = 'unknown model ' || q.model_id::text || ': no such model_id in models'
+             WHERE q.status = 'pending'
+               AND NOT EXISTS (SELECT 1 FROM models m WHERE m.model_id = q.model_id)",
+        )
+        .execute(db)
+        .await?;
+        return Ok(done.rows_affected());
+    }
     let done = sqlx::query(
         "WITH RECURSIVE pending AS (
              (SELECT model_id FROM feedback_queue WHERE status = 'pending'

@@ -13,6 +13,7 @@ mod common;
 mod access;
 mod api;
 mod bench_smoke;
+mod citus;
 mod cli;
 mod client_errors;
 mod deadletters;

@@ -86,7 +86,7 @@ async fn assert_learner_state_of(pool: &PgPool, id: Uuid, version: i64) {
     let (now, then): (Value, Option<Value>) = sqlx::query_as(
         "SELECT m.learner_state,
                 (SELECT v.learner_state FROM model_versions v
-                 WHERE v.model_id = m.model_id AND v.model_version = $2)
+                 WHERE v.model_id = $1 AND v.model_version = $2)
          FROM models m WHERE m.model_id = $1",
     )
     .bind(id)
@@ -869,7 +869,9 @@ async fn automatic_snapshots_follow_the_policy_and_keep_the_newest() {
     step_all(pool, id, 20, &mut recorded).await; // 15: not due
     assert_eq!(committed::list_snapshots(pool, id).await.unwrap().len(), 4);
     sqlx::query(
-        "UPDATE snapshots SET created_at = created_at - interval '31 minutes' WHERE model_id = $1",
+        // Every snapshot 31 minutes old (not `created_at - …`: Citus evaluates no time
+        // arithmetic on a column in an UPDATE).
+        "UPDATE snapshots SET created_at = now() - interval '31 minutes' WHERE model_id = $1",
     )
     .bind(id)
     .execute(pool)

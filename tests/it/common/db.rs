@@ -2,6 +2,11 @@
 //! afterwards. The server is, in order: DATABASE_URL; else a testcontainers PostgreSQL where
 //! Docker runs; else a cluster from the local PostgreSQL binaries (kept under the temp dir and
 //! reused). It is chosen once per test process: all the tests of the binary share it.
+//!
+//! When DATABASE_URL names a Citus coordinator (its database has the citus extension and worker
+//! nodes), each test's database is made a Citus database of the same cluster: created on the
+//! coordinator and on every worker node, with the extension in each and the nodes added, so
+//! `olps migrate` distributes the schema in it (`.ci/run` runs the Citus suite this way).
 
 use std::time::Duration;
 
@@ -76,6 +81,8 @@ pub struct TestDb {
     pub url: String,
     pub name: String,
     admin: String,
+    /// On Citus: the worker nodes' admin URLs, where the database was created too.
+    citus_workers: Vec<String>,
 }
 
 impl TestDb {
@@ -96,7 +103,11 @@ impl TestDb {
             .execute(&mut conn)
             .await
             .expect("create test database");
+        let nodes = citus_nodes(&mut conn).await;
         conn.close().await.ok();
+        if let Some(nodes) = &nodes {
+            make_citus_database(&admin, &name, nodes).await;
+        }
         let url = with_database(&admin, &name);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(10)
@@ -109,7 +120,13 @@ impl TestDb {
             url,
             name,
             admin,
+            citus_workers: nodes.map(|n| n.workers).unwrap_or_default(),
         }
+    }
+
+    /// Whether the tests run against a Citus coordinator (see the module's documentation).
+    pub fn is_citus(&self) -> bool {
+        !self.citus_workers.is_empty()
     }
 
     /// A fresh database holding one model of `kind` with the default settings.
@@ -124,6 +141,7 @@ impl Drop for TestDb {
     fn drop(&mut self) {
         let admin = self.admin.clone();
         let name = self.name.clone();
+        let workers = self.citus_workers.clone();
         // The test's runtime may be blocked in this drop: use a thread with its own runtime, and let
         // WITH (FORCE) end the pool's connections (closing the pool here would wait on that runtime).
         let _ = std::thread::spawn(move || {
@@ -132,11 +150,14 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             rt.block_on(async move {
-                if let Ok(mut conn) = PgConnection::connect(&admin).await {
-                    let _ =
-                        sqlx::query(&format!("DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"))
-                            .execute(&mut conn)
-                            .await;
+                for server in std::iter::once(&admin).chain(&workers) {
+                    if let Ok(mut conn) = PgConnection::connect(server).await {
+                        let _ = sqlx::query(&format!(
+                            "DROP DATABASE IF EXISTS \"{name}\" WITH (FORCE)"
+                        ))
+                        .execute(&mut conn)
+                        .await;
+                    }
                 }
             });
         })
@@ -182,4 +203,84 @@ pub async fn counts(pool: &PgPool) -> (i64, i64) {
         .await
         .unwrap();
     (events, queue)
+}
+
+/// A Citus coordinator's own address and its worker nodes' admin URLs.
+struct CitusNodes {
+    coordinator: (String, i32),
+    workers: Vec<String>,
+}
+
+/// The Citus nodes behind the admin connection, when it is a coordinator with worker nodes.
+async fn citus_nodes(admin: &mut PgConnection) -> Option<CitusNodes> {
+    let citus: bool =
+        sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
+            .fetch_one(&mut *admin)
+            .await
+            .unwrap();
+    if !citus {
+        return None;
+    }
+    let nodes: Vec<(String, i32, i32)> = sqlx::query_as(
+        "SELECT nodename::text, nodeport, groupid FROM pg_dist_node
+         WHERE noderole = 'primary' ORDER BY groupid",
+    )
+    .fetch_all(&mut *admin)
+    .await
+    .unwrap();
+    let admin_url = url::Url::parse(&ADMIN_URL.get().cloned().unwrap()).unwrap();
+    let coordinator = nodes
+        .iter()
+        .find(|n| n.2 == 0)
+        .map(|n| (n.0.clone(), n.1))
+        .expect("the Citus coordinator is in pg_dist_node (citus_set_coordinator_host)");
+    let workers: Vec<String> = nodes
+        .iter()
+        .filter(|n| n.2 != 0)
+        .map(|(host, port, _)| {
+            let mut url = admin_url.clone();
+            url.set_host(Some(host)).unwrap();
+            url.set_port(Some(*port as u16)).unwrap();
+            url.to_string()
+        })
+        .collect();
+    assert!(!workers.is_empty(), "the Citus coordinator has no worker nodes");
+    Some(CitusNodes {
+        coordinator,
+        workers,
+    })
+}
+
+/// Makes `name`, just created on the coordinator, a Citus database over the same nodes: created
+/// on each worker, the extension everywhere, the coordinator and the workers registered.
+async fn make_citus_database(admin: &str, name: &str, nodes: &CitusNodes) {
+    for worker in &nodes.workers {
+        let mut conn = PgConnection::connect(worker).await.expect("connect to a Citus worker");
+        sqlx::query(&format!("CREATE DATABASE \"{name}\""))
+            .execute(&mut conn)
+            .await
+            .expect("create the test database on a Citus worker");
+        conn.close().await.ok();
+        let mut conn = PgConnection::connect(&with_database(worker, name)).await.unwrap();
+        sqlx::query("CREATE EXTENSION citus").execute(&mut conn).await.unwrap();
+        conn.close().await.ok();
+    }
+    let mut conn = PgConnection::connect(&with_database(admin, name)).await.unwrap();
+    sqlx::query("CREATE EXTENSION citus").execute(&mut conn).await.unwrap();
+    sqlx::query("SELECT citus_set_coordinator_host($1, $2)")
+        .bind(&nodes.coordinator.0)
+        .bind(nodes.coordinator.1)
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    for worker in &nodes.workers {
+        let url = url::Url::parse(worker).unwrap();
+        sqlx::query("SELECT citus_add_node($1, $2)")
+            .bind(url.host_str().unwrap())
+            .bind(url.port().unwrap_or(5432) as i32)
+            .execute(&mut conn)
+            .await
+            .expect("add a worker node to the test database");
+    }
+    conn.close().await.ok();
 }
