@@ -21,10 +21,11 @@ pub enum Topology {
 impl Topology {
     /// Citus when the database has the extension (then `olps migrate` has distributed the schema).
     pub async fn detect(db: impl PgExecutor<'_>) -> Result<Topology, sqlx::Error> {
-        let citus: bool =
-            sqlx::query_scalar("SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')")
-                .fetch_one(db)
-                .await?;
+        let citus: bool = sqlx::query_scalar(
+            "SELECT EXISTS (SELECT 1 FROM pg_extension WHERE extname = 'citus')",
+        )
+        .fetch_one(db)
+        .await?;
         Ok(if citus {
             Topology::Citus
         } else {

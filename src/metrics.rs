@@ -51,9 +51,9 @@ use prometheus::{
     IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 use sqlx::PgPool;
-use uuid::Uuid;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+use uuid::Uuid;
 
 /// Latency buckets, in seconds: from 50 µs (an in-memory prediction) to 10 s.
 const LATENCY_BUCKETS: &[f64] = &[
@@ -396,42 +396,41 @@ async fn database_gauges(pool: &PgPool) -> Result<Registry, sqlx::Error> {
         dead.with_label_values(&[model]).set(*dead_rows as f64);
         age.with_label_values(&[model]).set(oldest.max(0.0));
     }
-    let rows: Vec<(String, i64, Option<f64>)> =
-        match crate::citus::Topology::detect(pool).await? {
-            crate::citus::Topology::Single => {
-                sqlx::query_as(
-                    "SELECT m.name, m.version, v.loss_sum / nullif(v.examples, 0)
+    let rows: Vec<(String, i64, Option<f64>)> = match crate::citus::Topology::detect(pool).await? {
+        crate::citus::Topology::Single => {
+            sqlx::query_as(
+                "SELECT m.name, m.version, v.loss_sum / nullif(v.examples, 0)
                      FROM models m
                      LEFT JOIN LATERAL (SELECT loss_sum, examples FROM model_versions mv
                                         WHERE mv.model_id = m.model_id AND mv.kind = 'gradient'
                                         ORDER BY mv.model_version DESC LIMIT 1) v ON TRUE",
-                )
-                .fetch_all(pool)
-                .await?
-            }
-            // Citus joins no correlated subquery with a reference table: one routed lookup per
-            // model instead (a scrape costs a round trip per model there).
-            crate::citus::Topology::Citus => {
-                let models: Vec<(Uuid, String, i64)> =
-                    sqlx::query_as("SELECT model_id, name, version FROM models")
-                        .fetch_all(pool)
-                        .await?;
-                let mut rows = Vec::with_capacity(models.len());
-                for (model_id, name, model_version) in models {
-                    let last: Option<f64> = sqlx::query_scalar(
-                        "SELECT loss_sum / nullif(examples, 0) FROM model_versions
+            )
+            .fetch_all(pool)
+            .await?
+        }
+        // Citus joins no correlated subquery with a reference table: one routed lookup per
+        // model instead (a scrape costs a round trip per model there).
+        crate::citus::Topology::Citus => {
+            let models: Vec<(Uuid, String, i64)> =
+                sqlx::query_as("SELECT model_id, name, version FROM models")
+                    .fetch_all(pool)
+                    .await?;
+            let mut rows = Vec::with_capacity(models.len());
+            for (model_id, name, model_version) in models {
+                let last: Option<f64> = sqlx::query_scalar(
+                    "SELECT loss_sum / nullif(examples, 0) FROM model_versions
                          WHERE model_id = $1 AND kind = 'gradient'
                          ORDER BY model_version DESC LIMIT 1",
-                    )
-                    .bind(model_id)
-                    .fetch_optional(pool)
-                    .await?
-                    .flatten();
-                    rows.push((name, model_version, last));
-                }
-                rows
+                )
+                .bind(model_id)
+                .fetch_optional(pool)
+                .await?
+                .flatten();
+                rows.push((name, model_version, last));
             }
-        };
+            rows
+        }
+    };
     for (model, model_version, last_loss) in &rows {
         let model = model.as_str();
         version

@@ -432,7 +432,7 @@ pub async fn parameters_at_with(
             }
         };
         let sql = if forward {
-format!("SELECT * FROM {PARAMETERS_FROM} a ORDER BY parameter_id COLLATE \"C\"")
+            format!("SELECT * FROM {PARAMETERS_FROM} a ORDER BY parameter_id COLLATE \"C\"")
         } else {
             let lookup = match plan {
                 ReadPlan::Backward(lookup) => lookup,

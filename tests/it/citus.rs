@@ -72,7 +72,10 @@ async fn the_schema_is_distributed_by_model_id_and_colocated() {
         let (_, kind, column, colocation_id) = kind(table);
         assert_eq!(kind, "distributed", "{table}");
         assert_eq!(column.as_deref(), Some("model_id"), "{table}");
-        assert_eq!(colocation_id, colocation, "{table} is not colocated with feedback_events");
+        assert_eq!(
+            colocation_id, colocation,
+            "{table} is not colocated with feedback_events"
+        );
     }
     // The statement-level NOTIFY trigger cannot work on shards: it is gone; the enqueue trigger
     // stays and runs on the shards.
@@ -130,8 +133,17 @@ async fn two_models_on_different_nodes_both_learn_exactly_what_the_learner_learn
     assert_eq!(stats.examples as usize, stream.len());
     for ((model, node), rows) in models.iter().zip([first, second]) {
         // Every table's rows of the model sit on the model's node.
-        for table in ["feedback_queue", "model_parameters", "parameter_updates", "model_versions"] {
-            assert_eq!(&node_of(&db.pool, table, model.model_id).await, node, "{table}");
+        for table in [
+            "feedback_queue",
+            "model_parameters",
+            "parameter_updates",
+            "model_versions",
+        ] {
+            assert_eq!(
+                &node_of(&db.pool, table, model.model_id).await,
+                node,
+                "{table}"
+            );
         }
         assert_params_equal(&db.pool, model.model_id, &learn_in_memory(model, rows)).await;
         let version = assert_linear_history(&db.pool, model.model_id).await;
@@ -160,7 +172,13 @@ async fn until_version(pool: &PgPool, model_id: Uuid, version: i64, within: Dura
 async fn workers_wake_for_http_feedback_by_notification_and_for_sql_rows_by_polling() {
     let db = TestDb::new().await;
     assert_citus(&db);
-    let model = create_model(&db.pool, "wake", ModelKind::Linear, LearnerConfig::default()).await;
+    let model = create_model(
+        &db.pool,
+        "wake",
+        ModelKind::Linear,
+        LearnerConfig::default(),
+    )
+    .await;
     let app = Service::start(&db.pool, Default::default()).await;
     // A poll interval far longer than the wait allowed below: only the service's own NOTIFY
     // (the trigger's never reaches the coordinator, and is dropped) can wake the worker in time.

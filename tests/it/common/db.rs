@@ -244,7 +244,10 @@ async fn citus_nodes(admin: &mut PgConnection) -> Option<CitusNodes> {
             url.to_string()
         })
         .collect();
-    assert!(!workers.is_empty(), "the Citus coordinator has no worker nodes");
+    assert!(
+        !workers.is_empty(),
+        "the Citus coordinator has no worker nodes"
+    );
     Some(CitusNodes {
         coordinator,
         workers,
@@ -255,18 +258,30 @@ async fn citus_nodes(admin: &mut PgConnection) -> Option<CitusNodes> {
 /// on each worker, the extension everywhere, the coordinator and the workers registered.
 async fn make_citus_database(admin: &str, name: &str, nodes: &CitusNodes) {
     for worker in &nodes.workers {
-        let mut conn = PgConnection::connect(worker).await.expect("connect to a Citus worker");
+        let mut conn = PgConnection::connect(worker)
+            .await
+            .expect("connect to a Citus worker");
         sqlx::query(&format!("CREATE DATABASE \"{name}\""))
             .execute(&mut conn)
             .await
             .expect("create the test database on a Citus worker");
         conn.close().await.ok();
-        let mut conn = PgConnection::connect(&with_database(worker, name)).await.unwrap();
-        sqlx::query("CREATE EXTENSION citus").execute(&mut conn).await.unwrap();
+        let mut conn = PgConnection::connect(&with_database(worker, name))
+            .await
+            .unwrap();
+        sqlx::query("CREATE EXTENSION citus")
+            .execute(&mut conn)
+            .await
+            .unwrap();
         conn.close().await.ok();
     }
-    let mut conn = PgConnection::connect(&with_database(admin, name)).await.unwrap();
-    sqlx::query("CREATE EXTENSION citus").execute(&mut conn).await.unwrap();
+    let mut conn = PgConnection::connect(&with_database(admin, name))
+        .await
+        .unwrap();
+    sqlx::query("CREATE EXTENSION citus")
+        .execute(&mut conn)
+        .await
+        .unwrap();
     sqlx::query("SELECT citus_set_coordinator_host($1, $2)")
         .bind(&nodes.coordinator.0)
         .bind(nodes.coordinator.1)
