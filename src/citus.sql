@@ -28,6 +28,11 @@ BEGIN
         RETURN;
     END IF;
     EXECUTE format('ALTER DATABASE %I SET citus.enable_unsafe_triggers = on', current_database());
+    -- Tables with a foreign key to the reference table `models` (retention_policies) make Citus
+    -- refuse to modify `models` in a transaction that touched several shards in parallel (a
+    -- rollback does); olps's hot paths touch one shard, so sequential costs them nothing.
+    EXECUTE format('ALTER DATABASE %I SET citus.multi_shard_modify_mode = sequential',
+                   current_database());
     PERFORM set_config('citus.enable_unsafe_triggers', 'on', true);
     -- Foreign keys between colocated tables are created shard by shard; in one transaction Citus
     -- must do that over one connection per node.
@@ -42,7 +47,8 @@ BEGIN
     END IF;
 
     -- The known traffic tables first (feedback_events before the queue that references it), then
-    -- any other table whose primary key leads with model_id.
+    -- any other table whose primary key leads with model_id (also one Citus has already made a
+    -- local table of the coordinator's, partmethod 'n', for its foreign key to `models`).
     FOR t IN
         SELECT c.relname
         FROM pg_class c
@@ -52,7 +58,8 @@ BEGIN
         WHERE n.nspname = current_schema() AND c.relkind IN ('r', 'p')
           AND NOT c.relispartition  -- a partitioned table is distributed with its partitions
           AND a.attname = 'model_id'
-          AND NOT EXISTS (SELECT 1 FROM pg_dist_partition d WHERE d.logicalrelid = c.oid)
+          AND NOT EXISTS (SELECT 1 FROM pg_dist_partition d
+                          WHERE d.logicalrelid = c.oid AND d.partmethod <> 'n')
           AND c.relname NOT IN ('models', 'api_tokens')
         ORDER BY coalesce(array_position(known, c.relname::text), 1000), c.relname
     LOOP

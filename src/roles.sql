@@ -17,6 +17,10 @@
 -- A DBA gives people and programs LOGIN roles that are members of these (README, "Running olps
 -- securely"); olps itself never creates a LOGIN role.
 
+-- On Citus, the grants below and the foreign keys to the reference table `models` must run over
+-- one connection per node (the file runs as one transaction); elsewhere an unused setting.
+SELECT set_config('citus.multi_shard_modify_mode', 'sequential', true);
+
 DO $roles$
 DECLARE
     r TEXT;

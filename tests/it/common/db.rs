@@ -87,8 +87,18 @@ pub struct TestDb {
 
 impl TestDb {
     pub async fn new() -> TestDb {
-        let db = TestDb::empty().await;
+        let mut db = TestDb::empty().await;
         olps::schema::migrate(&db.url).await.expect("migrate");
+        if db.is_citus() {
+            // Connections opened before the migration lack the settings it gave the database.
+            db.pool.close().await;
+            db.pool = sqlx::postgres::PgPoolOptions::new()
+                .max_connections(10)
+                .acquire_timeout(Duration::from_secs(30))
+                .connect(&db.url)
+                .await
+                .expect("reconnect to the test database");
+        }
         db
     }
 
