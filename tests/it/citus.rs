@@ -1,5 +1,5 @@
 //! olps on Citus: what only a distributed cluster can show. Run with DATABASE_URL at a Citus
-//! coordinator with worker nodes (`.ci/run` starts one with `../shared/scripts/citus-cluster` and
+//! coordinator with worker nodes (`.ci/run` starts one with the machine's shared citus-cluster script and
 //! runs these with `--ignored citus::`, after the invariant suites against the same coordinator);
 //! on a single server they are skipped as ignored, since there is nothing to distribute.
 
