@@ -32,4 +32,20 @@ impl Topology {
             Topology::Single
         })
     }
+
+    /// SQL that sets each `(name, value)` for the rest of the caller's transaction, as `SET LOCAL`
+    /// does, where the transaction's statements are planned. On Citus that is also the worker
+    /// node a statement is routed to, which the coordinator's own settings never reach unless
+    /// `citus.propagate_set_commands` sends them (with each connection the transaction opens).
+    /// Several statements: run the text unprepared, `Executor::execute(conn, sql.as_str())`.
+    pub fn set_local(self, settings: &[(&str, &str)]) -> String {
+        let mut sql = String::new();
+        if self == Topology::Citus {
+            sql.push_str("SET LOCAL citus.propagate_set_commands = 'local'; ");
+        }
+        for (name, value) in settings {
+            sql.push_str(&format!("SET LOCAL {name} = '{value}'; "));
+        }
+        sql
+    }
 }

@@ -13,8 +13,10 @@
 -- The enqueue trigger runs on the shards (it writes only rows of the same model, hence the same
 -- shard group): `citus.enable_unsafe_triggers` is set for this database. The statement-level
 -- NOTIFY trigger is dropped: a NOTIFY raised on a worker node never reaches listeners on the
--- coordinator, so the service's feedback insert notifies itself (olps::feedback::insert), and
--- workers poll for rows written as plain SQL.
+-- coordinator (and a transaction that sent one cannot be prepared, so a statement writing to two
+-- nodes would fail its two-phase commit), so the service's feedback insert notifies itself
+-- (olps::feedback::insert), and workers poll for rows written as plain SQL, on Citus at their
+-- shorter Citus poll interval (WorkerConfig::citus_poll_interval).
 DO $citus$
 DECLARE
     f       RECORD;

@@ -315,30 +315,65 @@ pub fn ensure_cluster(base: &Path) -> Result<EmbeddedCluster, EmbeddedError> {
     })
 }
 
-/// Stops the cluster under `base` (`pg_ctl stop -m fast`), if it runs. Nothing to do when there
-/// is no cluster there.
-pub fn stop_cluster(base: &Path) -> Result<(), EmbeddedError> {
-    let Ok(base) = fs::canonicalize(base) else {
-        return Ok(());
-    };
-    let data_dir = base.join(DATA_DIR);
-    if !data_dir.join("PG_VERSION").is_file() {
-        return Ok(());
-    }
-    let run_as = service_account()?;
-    let _lock = lock_base(&base)?;
-    let bin = bin_dir_for(&data_dir).ok_or_else(no_binaries)?;
-    let ctx = Ctx {
-        bin,
-        run_as,
+/// What `olps db status` shows of the cluster under a base folder.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ClusterStatus {
+    /// The data directory (`<base>/data`; absolute when the base exists).
+    pub data_dir: PathBuf,
+    /// A cluster was created there.
+    pub exists: bool,
+    /// Its server runs.
+    pub running: bool,
+    /// The server's PID, when it runs.
+    pub pid: Option<u32>,
+    /// The port it listens on (when it runs), or will listen on (when stopped).
+    pub port: Option<u16>,
+    /// The server log.
+    pub log: PathBuf,
+}
+
+/// Whether there is a cluster under `base` and whether its server runs. Changes nothing, except
+/// that a stale `postmaster.pid` left by a crash is removed (as starting would).
+pub fn cluster_status(base: &Path) -> Result<ClusterStatus, EmbeddedError> {
+    let absent = |base: &Path| ClusterStatus {
+        data_dir: base.join(DATA_DIR),
+        exists: false,
+        running: false,
+        pid: None,
+        port: None,
         log: base.join(LOG_FILE),
-        base,
-        data_dir,
     };
-    // Never act on a cluster that is not ours to run (server_state relies on that).
-    ctx.check_existing()?;
+    let Some((ctx, _lock)) = Ctx::existing(base)? else {
+        return Ok(absent(
+            &fs::canonicalize(base).unwrap_or_else(|_| base.to_path_buf()),
+        ));
+    };
+    let (running, port) = match ctx.server_state()? {
+        ServerState::Running { port } => (true, port),
+        ServerState::Stopped => (false, ctx.configured_port().ok().map(|(port, _)| port)),
+    };
+    let pid = running
+        .then(|| fs::read_to_string(ctx.data_dir.join("postmaster.pid")).ok())
+        .flatten()
+        .and_then(|text| text.lines().next().and_then(|l| l.trim().parse().ok()));
+    Ok(ClusterStatus {
+        data_dir: ctx.data_dir.clone(),
+        exists: true,
+        running,
+        pid,
+        port,
+        log: ctx.log.clone(),
+    })
+}
+
+/// Stops the cluster under `base` (`pg_ctl stop -m fast`), if it runs: true when it stopped a
+/// running server. Nothing to do when there is no cluster there.
+pub fn stop_cluster(base: &Path) -> Result<bool, EmbeddedError> {
+    let Some((ctx, _lock)) = Ctx::existing(base)? else {
+        return Ok(false);
+    };
     match ctx.server_state()? {
-        ServerState::Stopped => Ok(()),
+        ServerState::Stopped => Ok(false),
         ServerState::Running { .. } => {
             tracing::info!(
                 "stopping embedded PostgreSQL cluster in {}",
@@ -360,7 +395,7 @@ pub fn stop_cluster(base: &Path) -> Result<(), EmbeddedError> {
                 .output()
                 .map_err(|source| ctx.spawn_error("pg_ctl", source))?;
             if out.status.success() {
-                Ok(())
+                Ok(true)
             } else {
                 Err(EmbeddedError::StopFailed {
                     data_dir: ctx.data_dir.clone(),
@@ -682,6 +717,31 @@ fn quote_conf(value: &str) -> String {
 }
 
 impl Ctx {
+    /// The cluster already under `base`, checked to be one olps runs, with the lock on `base`
+    /// held while the guard lives; `None` when there is none.
+    fn existing(base: &Path) -> Result<Option<(Ctx, fs::File)>, EmbeddedError> {
+        let Ok(base) = fs::canonicalize(base) else {
+            return Ok(None);
+        };
+        let data_dir = base.join(DATA_DIR);
+        if !data_dir.join("PG_VERSION").is_file() {
+            return Ok(None);
+        }
+        let run_as = service_account()?;
+        let lock = lock_base(&base)?;
+        let bin = bin_dir_for(&data_dir).ok_or_else(no_binaries)?;
+        let ctx = Ctx {
+            bin,
+            run_as,
+            log: base.join(LOG_FILE),
+            base,
+            data_dir,
+        };
+        // Never act on a cluster that is not ours to run (server_state relies on that).
+        ctx.check_existing()?;
+        Ok(Some((ctx, lock)))
+    }
+
     fn pg_command(&self, program: &str) -> Command {
         let mut command = Command::new(self.bin.join(program));
         // The base folder is searchable by the service account (checked in prepare_base), and

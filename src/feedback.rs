@@ -61,6 +61,9 @@ pub struct FeedbackEvent {
     /// The stored metadata: the client's metadata object plus `features`.
     pub metadata: Value,
     pub timestamp: Option<DateTime<Utc>>,
+    /// The prediction the label is for (its id from the predict answer): without features, the
+    /// worker trains on the features logged with it.
+    pub prediction_id: Option<Uuid>,
 }
 
 /// Validates a request body: one event object, or `{"events": [...]}` with 1..=10,000 events.
@@ -123,8 +126,9 @@ pub fn parse_event(
             "must be a JSON object",
         ));
     };
-    const KNOWN: [&str; 8] = [
+    const KNOWN: [&str; 9] = [
         "id",
+        "prediction_id",
         "entity_id",
         "feedback_type",
         "feedback_value",
@@ -154,6 +158,28 @@ pub fn parse_event(
         Some(other) => {
             return Err(Invalid::new(
                 field("id"),
+                Problem::WrongType {
+                    expected: "a UUID string",
+                    got: other.to_string(),
+                },
+            )
+            .into())
+        }
+    };
+    let prediction_id = match event.get("prediction_id") {
+        None | Some(Value::Null) => None,
+        Some(Value::String(s)) => Some(Uuid::parse_str(s).map_err(|_| {
+            invalid(
+                field("prediction_id"),
+                format!(
+                    "must be the UUID a prediction returned (prediction_id), got {}",
+                    Value::String(s.clone())
+                ),
+            )
+        })?),
+        Some(other) => {
+            return Err(Invalid::new(
+                field("prediction_id"),
                 Problem::WrongType {
                     expected: "a UUID string",
                     got: other.to_string(),
@@ -251,6 +277,7 @@ pub fn parse_event(
         confidence,
         metadata: Value::Object(metadata),
         timestamp,
+        prediction_id,
     })
 }
 
@@ -355,6 +382,7 @@ pub async fn insert(
     let mut confidence = Vec::with_capacity(events.len());
     let mut metadata = Vec::with_capacity(events.len());
     let mut timestamp = Vec::with_capacity(events.len());
+    let mut prediction = Vec::with_capacity(events.len());
     for e in events {
         entity.push(e.entity_id.as_str());
         kind.push(e.feedback_type.as_str());
@@ -362,6 +390,7 @@ pub async fn insert(
         confidence.push(e.confidence);
         metadata.push(e.metadata.to_string());
         timestamp.push(e.timestamp);
+        prediction.push(e.prediction_id);
     }
     // The statement wakes the workers itself (`wake`, delivered at commit): on Citus the
     // enqueue trigger runs on a worker node, whose NOTIFY would never reach the coordinator. On one
@@ -370,12 +399,13 @@ pub async fn insert(
         "WITH wake AS MATERIALIZED (SELECT pg_notify('olps_feedback', ''))
          INSERT INTO feedback_events
              (model_id, id, entity_id, feedback_type, feedback_value, confidence, metadata,
-              timestamp)
+              timestamp, prediction_id)
          SELECT $1, u.id, u.entity_id, u.feedback_type, u.feedback_value, u.confidence,
-                u.metadata::jsonb, coalesce(u.ts, now())
+                u.metadata::jsonb, coalesce(u.ts, now()), u.prediction_id
          FROM unnest($8::uuid[], $2::text[], $3::text[], $4::float8[], $5::float8[], $6::text[],
-                     $7::timestamptz[]) WITH ORDINALITY
-              AS u(id, entity_id, feedback_type, feedback_value, confidence, metadata, ts, ord),
+                     $7::timestamptz[], $9::uuid[]) WITH ORDINALITY
+              AS u(id, entity_id, feedback_type, feedback_value, confidence, metadata, ts,
+                   prediction_id, ord),
               wake
          ORDER BY u.ord
          ON CONFLICT (model_id, id) DO NOTHING",
@@ -388,6 +418,7 @@ pub async fn insert(
     .bind(&metadata)
     .bind(&timestamp)
     .bind(&ids)
+    .bind(&prediction)
     .execute(db)
     .await?;
     Ok(Stored {

@@ -11,8 +11,12 @@
 //!   history rows a batch appends), [`feedback`] (client events into `feedback_events`);
 //! - [`timeline`]: the version line — the version counter, history, snapshots, rollback and
 //!   roll-forward, point-in-time reads;
+//! - [`shadow`]: challenger models — their links, the copy of a champion's batch (which the
+//!   worker calls), the comparison and the promotion;
 //! - [`worker`]: the queue (`feedback_queue`) and the worker loop; [`monitor`]: drift events and
 //!   the guard; [`serving`]: the in-memory model per version and the prediction log;
+//! - [`settings`]: settings that change after creation, with their history; [`replay`]: one
+//!   model's learned feedback replayed into another;
 //! - the edges: [`http`] (the API, one router per area), [`cli`], [`demo`], [`bench`], with
 //!   [`runtime`] (a migrated database, the shutdown token) and [`metrics`] shared by them.
 
@@ -32,10 +36,13 @@ pub mod monitor;
 pub mod notify;
 pub mod params;
 pub mod pgtls;
+pub mod replay;
 pub mod retention;
 pub mod runtime;
 pub mod schema;
 pub mod serving;
+pub mod settings;
+pub mod shadow;
 pub mod timeline;
 pub mod validation;
 pub mod worker;

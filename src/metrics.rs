@@ -15,7 +15,7 @@
 //!   `serving_version_checks_total`.
 //! - `feedback_events_accepted_total{model}`, `feedback_requests_rejected_total{code}`.
 //! - `prediction_log_written_total`, `prediction_log_dropped_total{reason}` (`queue_full`,
-//!   `write_failed`), `prediction_log_pending` (rows waiting in the writer's buffer).
+//!   `write_failed`), `prediction_log_pending` (rows waiting in the writers' buffers).
 //! - worker: `worker_batches_total{model}`, `worker_events_applied_total{model}`,
 //!   `worker_dead_letters_total{model}`, `worker_loss_sum_total{model}` (prequential loss
 //!   summed; divide its rate by the rate of events for a windowed mean),
@@ -35,6 +35,23 @@
 //!   `retention_rows_deleted{model,table}` (rows retention deleted from the table, since the
 //!   model was created), `retention_last_run_timestamp_seconds{model}` (Unix time of the last
 //!   run over the model).
+//!
+//! - delayed labels and pinned predictions: `label_delay_seconds{model}` (histogram of label
+//!   time minus prediction time, for events trained on a logged prediction),
+//!   `labels_waited_total{outcome}` (labels naming a prediction not logged yet: `woken` once it
+//!   was logged, `expired` when dead-lettered at the wait deadline),
+//!   `pinned_predictions_total{source}` (requests pinned to a version or snapshot, answered
+//!   from `memory` or reconstructed from the `database`).
+//! - alerting (issue 19): `drift_detections_total{model,detector,adaptation}` and
+//!   `quarantines_total{model}` (by this process's worker); at scrape time
+//!   `model_quarantined{model}` (1 while quarantined), `dead_letters{model,reason}` (dead
+//!   letters by reason class: `unknown_model`, `no_features`, `prediction_id`,
+//!   `database_refused`, `invalid`), `queue_depth_by_priority{model,priority}` and
+//!   `queue_oldest_pending_age_by_priority_seconds{model,priority}`,
+//!   `queue_waiting_labels{model}` (labels waiting for their prediction),
+//!   `model_drift_events{model}` (drift events stored: every process's detections),
+//!   `predictions_expired_unlabeled{model}` (logged predictions retention deleted that no label
+//!   trained on, cumulative).
 //!
 //! The `model` label is the model's name (its UUID for queue rows of an unknown model).
 
@@ -85,7 +102,36 @@ pub struct Metrics {
     pub worker_unreadable: IntCounterVec,
     pub worker_maintenance: IntCounterVec,
     pub worker_loss_sum: CounterVec,
+    pub label_delay: HistogramVec,
+    pub labels_waited: IntCounterVec,
+    pub pinned_predictions: IntCounterVec,
+    pub drift_detections: IntCounterVec,
+    pub quarantines: IntCounterVec,
 }
+
+/// Label delay buckets, in seconds: from 100 ms to a week.
+const LABEL_DELAY_BUCKETS: &[f64] = &[
+    0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 600.0, 1800.0, 3600.0, 14400.0, 86400.0, 259200.0,
+    604800.0,
+];
+
+/// The reason classes of the `olps_dead_letters{reason}` gauge, from the reason's first words
+/// (the worker writes them): a bounded label, unlike the reasons themselves.
+const DEAD_REASON_CLASS: &str = "CASE
+    WHEN dead_reason LIKE 'unknown model %' THEN 'unknown_model'
+    WHEN dead_reason LIKE 'no features%' THEN 'no_features'
+    WHEN dead_reason LIKE 'prediction\\_id:%' THEN 'prediction_id'
+    WHEN dead_reason LIKE 'the database refused%' THEN 'database_refused'
+    ELSE 'invalid' END";
+
+/// Every class [`DEAD_REASON_CLASS`] gives (each model gets every series, 0 when none).
+pub const DEAD_REASON_CLASSES: [&str; 5] = [
+    "unknown_model",
+    "no_features",
+    "prediction_id",
+    "database_refused",
+    "invalid",
+];
 
 fn counter_vec(registry: &Registry, name: &str, help: &str, labels: &[&str]) -> IntCounterVec {
     let c = IntCounterVec::new(Opts::new(name, help), labels).expect("valid metric");
@@ -119,6 +165,12 @@ impl Metrics {
         for reason in ["queue_full", "write_failed"] {
             metrics.log_dropped.with_label_values(&[reason]);
         }
+        for outcome in ["woken", "expired"] {
+            metrics.labels_waited.with_label_values(&[outcome]);
+        }
+        for source in ["memory", "database"] {
+            metrics.pinned_predictions.with_label_values(&[source]);
+        }
         metrics
     }
 
@@ -136,7 +188,7 @@ impl Metrics {
             .expect("unique metric");
         let log_pending = IntGauge::new(
             "olps_prediction_log_pending",
-            "Logged predictions waiting in the writer's buffer",
+            "Logged predictions waiting in the writers' buffers",
         )
         .expect("valid metric");
         r.register(Box::new(log_pending.clone()))
@@ -265,6 +317,43 @@ impl Metrics {
                 &["table", "action"],
             ),
             worker_loss_sum,
+            label_delay: {
+                let opts = HistogramOpts::new(
+                    "olps_label_delay_seconds",
+                    "Label time minus prediction time of the events the worker trained on a \
+                     logged prediction",
+                )
+                .buckets(LABEL_DELAY_BUCKETS.to_vec());
+                let h = HistogramVec::new(opts, &["model"]).expect("valid metric");
+                r.register(Box::new(h.clone())).expect("unique metric");
+                h
+            },
+            labels_waited: counter_vec(
+                &r,
+                "olps_labels_waited_total",
+                "Labels naming a prediction that was not logged yet: woken once it was logged, \
+                 expired (dead-lettered) at the label wait deadline",
+                &["outcome"],
+            ),
+            pinned_predictions: counter_vec(
+                &r,
+                "olps_pinned_predictions_total",
+                "Prediction requests pinned to a version or snapshot, by where the version came \
+                 from (memory or database)",
+                &["source"],
+            ),
+            drift_detections: counter_vec(
+                &r,
+                "olps_drift_detections_total",
+                "Concept drifts this process's worker detected, by detector and adaptation",
+                &["model", "detector", "adaptation"],
+            ),
+            quarantines: counter_vec(
+                &r,
+                "olps_quarantines_total",
+                "Times this process's worker's guard quarantined (and rolled back) a model",
+                &["model"],
+            ),
             registry: r,
         }
     }
@@ -320,6 +409,46 @@ pub fn worker_dead(model: &str, dead: u64) {
             .with_label_values(&[model])
             .inc_by(dead);
     }
+}
+
+/// Records the label delays (seconds) of a batch's events trained on logged predictions.
+pub fn label_delays(model: &str, delays: &[f64]) {
+    if delays.is_empty() {
+        return;
+    }
+    let h = global().label_delay.with_label_values(&[model]);
+    // A label stamped before its prediction (clients set the time) counts as no delay; one
+    // stamped at +-infinity (plain SQL may) is left out.
+    for d in delays.iter().filter(|d| d.is_finite()) {
+        h.observe(d.max(0.0));
+    }
+}
+
+/// Records waiting labels woken (their prediction was logged) and expired (dead-lettered).
+pub fn labels_waited(woken: u64, expired: u64) {
+    let m = global();
+    m.labels_waited.with_label_values(&["woken"]).inc_by(woken);
+    m.labels_waited
+        .with_label_values(&["expired"])
+        .inc_by(expired);
+}
+
+/// Records a drift the worker detected.
+pub fn drift_detected(model: &str, detector: &str, adaptation: crate::learner::drift::Adaptation) {
+    let adaptation = match adaptation {
+        crate::learner::drift::Adaptation::None => "none",
+        crate::learner::drift::Adaptation::Boost => "boost",
+        crate::learner::drift::Adaptation::Reset => "reset",
+    };
+    global()
+        .drift_detections
+        .with_label_values(&[model, detector, adaptation])
+        .inc();
+}
+
+/// Records that the guard quarantined a model.
+pub fn quarantined(model: &str) {
+    global().quarantines.with_label_values(&[model]).inc();
 }
 
 /// Records a failed (rolled back) attempt at a model batch.
@@ -444,8 +573,134 @@ async fn database_gauges(pool: &PgPool) -> Result<Registry, sqlx::Error> {
             loss.with_label_values(&[model]).set(*l);
         }
     }
+    // The alerting gauges are left out alone if they cannot be read: the others stay.
+    if let Err(e) = alerting_gauges(pool, &registry).await {
+        tracing::warn!(error = %e, "metrics: alerting gauges unavailable");
+    }
     retention_gauges(pool, &registry).await?;
     Ok(registry)
+}
+
+/// The gauges the alert rules and the dashboard read (deploy/): quarantined models, dead
+/// letters by reason class, the queue by priority, labels waiting for their prediction, and
+/// predictions that expired unlabeled. One statement each, grouped in the database.
+async fn alerting_gauges(pool: &PgPool, registry: &Registry) -> Result<(), sqlx::Error> {
+    let gauge = |name: &str, help: &str, labels: &[&str]| {
+        let g = GaugeVec::new(Opts::new(name, help), labels).expect("valid metric");
+        registry
+            .register(Box::new(g.clone()))
+            .expect("unique metric");
+        g
+    };
+    let quarantined = gauge(
+        "olps_model_quarantined",
+        "1 while the model is quarantined by the guard (not learning), else 0",
+        &["model"],
+    );
+    let dead = gauge(
+        "olps_dead_letters",
+        "Dead-lettered feedback queue rows by reason class",
+        &["model", "reason"],
+    );
+    let depth = gauge(
+        "olps_queue_depth_by_priority",
+        "Pending feedback queue rows by priority",
+        &["model", "priority"],
+    );
+    let age = gauge(
+        "olps_queue_oldest_pending_age_by_priority_seconds",
+        "Age of the oldest pending feedback queue row of the priority",
+        &["model", "priority"],
+    );
+    let waiting = gauge(
+        "olps_queue_waiting_labels",
+        "Labels waiting for the prediction they name to be logged",
+        &["model"],
+    );
+    let drifts = gauge(
+        "olps_model_drift_events",
+        "Drift events stored for the model (drift_events; retention deletes old ones)",
+        &["model"],
+    );
+    let unlabeled = gauge(
+        "olps_predictions_expired_unlabeled",
+        "Logged predictions that retention deleted and no label ever trained on (cumulative)",
+        &["model"],
+    );
+    // Three plain statements joined here: on Citus, drift_events is distributed, models a
+    // reference table and retention_stats local, and no single join of the three runs there.
+    let models: Vec<(Uuid, String, bool)> =
+        sqlx::query_as("SELECT model_id, name, status = 'quarantined' FROM models")
+            .fetch_all(pool)
+            .await?;
+    let expired: std::collections::HashMap<Uuid, i64> = sqlx::query_as(
+        "SELECT model_id, unlabeled_predictions FROM retention_stats
+         WHERE table_name = 'prediction_log'",
+    )
+    .fetch_all(pool)
+    .await?
+    .into_iter()
+    .collect();
+    let drift_counts: std::collections::HashMap<Uuid, i64> =
+        sqlx::query_as("SELECT model_id, count(*) FROM drift_events GROUP BY model_id")
+            .fetch_all(pool)
+            .await?
+            .into_iter()
+            .collect();
+    for (model_id, model, is_quarantined) in &models {
+        let model = model.as_str();
+        drifts
+            .with_label_values(&[model])
+            .set(drift_counts.get(model_id).copied().unwrap_or(0) as f64);
+        quarantined
+            .with_label_values(&[model])
+            .set(if *is_quarantined { 1.0 } else { 0.0 });
+        unlabeled
+            .with_label_values(&[model])
+            .set(expired.get(model_id).copied().unwrap_or(0) as f64);
+        waiting.with_label_values(&[model]);
+        for class in DEAD_REASON_CLASSES {
+            dead.with_label_values(&[model, class]);
+        }
+    }
+    let rows: Vec<(String, String, i64)> = sqlx::query_as(&format!(
+        "SELECT coalesce(m.name, d.model_id::text), d.class, d.n
+         FROM (SELECT model_id, {DEAD_REASON_CLASS} AS class, count(*) AS n
+               FROM feedback_queue WHERE status = 'dead' GROUP BY 1, 2) d
+         LEFT JOIN models m ON m.model_id = d.model_id"
+    ))
+    .fetch_all(pool)
+    .await?;
+    for (model, class, n) in &rows {
+        dead.with_label_values(&[model, class]).set(*n as f64);
+    }
+    let rows: Vec<(String, f64, i64, f64)> = sqlx::query_as(
+        "SELECT coalesce(m.name, q.model_id::text), q.priority, q.n,
+                coalesce(extract(epoch FROM now() - q.oldest)::float8, 0)
+         FROM (SELECT model_id, priority, count(*) AS n, min(created_at) AS oldest
+               FROM feedback_queue WHERE status = 'pending' GROUP BY 1, 2) q
+         LEFT JOIN models m ON m.model_id = q.model_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (model, priority, n, oldest) in &rows {
+        let priority = priority.to_string();
+        depth.with_label_values(&[model, &priority]).set(*n as f64);
+        age.with_label_values(&[model, &priority])
+            .set(oldest.max(0.0));
+    }
+    let rows: Vec<(String, i64)> = sqlx::query_as(
+        "SELECT coalesce(m.name, q.model_id::text), q.n
+         FROM (SELECT model_id, count(*) AS n FROM feedback_queue
+               WHERE status = 'waiting' GROUP BY 1) q
+         LEFT JOIN models m ON m.model_id = q.model_id",
+    )
+    .fetch_all(pool)
+    .await?;
+    for (model, n) in &rows {
+        waiting.with_label_values(&[model]).set(*n as f64);
+    }
+    Ok(())
 }
 
 /// What retention deleted per model and table, and when it last ran (`retention_stats`).

@@ -310,7 +310,9 @@ pub async fn delete(
     model_id: Uuid,
 ) -> Result<Vec<(String, u64)>, ModelError> {
     // Children first: the queue references events, snapshot parameters reference snapshots.
-    const TABLES: [&str; 9] = [
+    const TABLES: [&str; 11] = [
+        "model_settings_changes",
+        "model_promotions",
         "feedback_queue",
         "feedback_events",
         "prediction_log",

@@ -32,6 +32,8 @@ pub enum UpdateType {
     Batch,
     /// Written by a rollback or roll-forward.
     Rollback,
+    /// Written by the promotion of a challenger ([`crate::shadow::promote`]).
+    Promotion,
 }
 
 impl UpdateType {
@@ -41,6 +43,7 @@ impl UpdateType {
             UpdateType::Direct => "direct",
             UpdateType::Batch => "batch",
             UpdateType::Rollback => "rollback",
+            UpdateType::Promotion => "promotion",
         }
     }
 }
@@ -143,7 +146,7 @@ pub async fn changed_since(
     Ok(rows.into_iter().map(ParamRow::into_state).collect())
 }
 
-/// Writes a version's changes: upserts the current parameters and appends one history row per
+/// Writes a version's changes: updates (or inserts) the current parameters and appends one history row per
 /// change, in one statement. `changes` should be sorted by parameter_id (index locality).
 pub async fn write_changes(
     conn: &mut PgConnection,
@@ -184,16 +187,25 @@ pub async fn write_changes(
              SELECT * FROM unnest($3::text[], $4::float8[], $5::float8[], $6::float8[], $7::float8[],
                                   $8::int8[], $9::float8[], $10::float8[], $11::float8[])
                  AS u(parameter_id, old_value, value, m, v, cnt, mean, m2, lr)
-         ), upsert AS (
-             INSERT INTO model_parameters AS p
+         ),
+         -- Not INSERT … ON CONFLICT DO UPDATE: that locks each existing row before updating it,
+         -- one more WAL record per parameter, and the batch already holds the model's row lock,
+         -- which every writer of its parameters takes first. Both statements see the table as it
+         -- was before this one, so each parameter is either updated or inserted.
+         updated AS (
+             UPDATE model_parameters p SET
+                 current_value = u.value, opt_m = u.m, opt_v = u.v, update_count = u.cnt,
+                 feature_mean = u.mean, feature_m2 = u.m2, version = $2, last_updated = now()
+             FROM u
+             WHERE p.model_id = $1 AND p.parameter_id = u.parameter_id COLLATE \"C\"
+         ),
+         inserted AS (
+             INSERT INTO model_parameters
                  (model_id, parameter_id, current_value, opt_m, opt_v, update_count, feature_mean,
                   feature_m2, version, last_updated)
              SELECT $1, parameter_id, value, m, v, cnt, mean, m2, $2, now() FROM u
-             ON CONFLICT (model_id, parameter_id) DO UPDATE SET
-                 current_value = EXCLUDED.current_value, opt_m = EXCLUDED.opt_m,
-                 opt_v = EXCLUDED.opt_v, update_count = EXCLUDED.update_count,
-                 feature_mean = EXCLUDED.feature_mean, feature_m2 = EXCLUDED.feature_m2,
-                 version = EXCLUDED.version, last_updated = EXCLUDED.last_updated
+             WHERE NOT EXISTS (SELECT 1 FROM model_parameters p
+                               WHERE p.model_id = $1 AND p.parameter_id = u.parameter_id COLLATE \"C\")
          )
          INSERT INTO parameter_updates
              (model_id, model_version, parameter_id, old_value, new_value, opt_m, opt_v,

@@ -21,9 +21,10 @@
 
 use chrono::{DateTime, Duration, Utc};
 use serde::Serialize;
-use sqlx::{Connection, PgConnection, PgPool};
+use sqlx::{Connection, PgConnection, PgPool, Row};
 use uuid::Uuid;
 
+use crate::citus::Topology;
 use crate::models::{self, ModelError};
 use crate::timeline::error::TimelineError;
 use crate::timeline::reconstruct::{self, RECONSTRUCTION_WORK_MEM};
@@ -264,9 +265,11 @@ pub async fn set_policy(
         .iter()
         .map(|c| format!("{c} = EXCLUDED.{c}"))
         .collect();
+    // `updated_at` from the inserted row: Citus refuses a non-IMMUTABLE function (now()) in
+    // DO UPDATE SET on a distributed table.
     let sql = format!(
-        "INSERT INTO retention_policies (model_id, {}) VALUES ($1, {})
-         ON CONFLICT (model_id) DO UPDATE SET {}, updated_at = now()",
+        "INSERT INTO retention_policies (model_id, {}, updated_at) VALUES ($1, {}, now())
+         ON CONFLICT (model_id) DO UPDATE SET {}, updated_at = EXCLUDED.updated_at",
         columns.join(", "),
         values.join(", "),
         updates.join(", ")
@@ -355,6 +358,9 @@ pub struct ModelReport {
     pub complete: bool,
     /// What was kept and why, for people.
     pub notes: Vec<String>,
+    /// Of the `prediction_log` rows deleted, those no label trained on (the predictions whose
+    /// label never came). Not counted by a dry run.
+    pub unlabeled_predictions: i64,
 }
 
 impl ModelReport {
@@ -386,7 +392,11 @@ const PREDICTION_LOG: &str = "
                AND EXISTS (SELECT 1 FROM feedback_events e
                            WHERE e.model_id = $1 AND e.entity_id = p.entity_id
                              AND NOT e.processed
-                             AND NOT coalesce(e.metadata ? 'features', false)))";
+                             AND NOT coalesce(e.metadata ? 'features', false)))
+      -- A prediction an unprocessed label names by its id stays too.
+      AND NOT EXISTS (SELECT 1 FROM feedback_events e
+                      WHERE e.model_id = $1 AND e.prediction_id = p.prediction_id
+                        AND NOT e.processed)";
 
 /// Processed events applied by a version made before the horizon ($3) and, for the BRIN index,
 /// stamped before it (a client may stamp an event with any time).
@@ -429,11 +439,16 @@ const SNAPSHOTS: &str = "
            OR (s.kind = 'manual' AND s.created_at < $3)
            OR (s.kind = 'auto' AND s.model_version < $4 AND s.label LIKE $5))";
 
+/// Planner settings of a batch's transaction (see `trim`).
+const FIND_BATCH_BY_KEY: &[(&str, &str)] =
+    &[("enable_hashjoin", "off"), ("enable_mergejoin", "off")];
+
 /// Counts, or deletes in batches, the candidates of one table. Returns the rows and whether it
 /// finished (false: stopped by the batch limit).
 #[allow(clippy::too_many_arguments)]
 async fn trim(
     conn: &mut PgConnection,
+    topology: Topology,
     delete: &str,
     candidates: &str,
     model_id: Uuid,
@@ -441,6 +456,7 @@ async fn trim(
     bound: i64,
     limits: Limits,
     dry_run: bool,
+    mut also_counted: Option<&mut i64>,
 ) -> Result<(i64, bool), sqlx::Error> {
     if dry_run {
         let n: i64 = sqlx::query_scalar(&format!("SELECT count(*) FROM ({candidates}) c"))
@@ -452,6 +468,7 @@ async fn trim(
         return Ok((n, true));
     }
     let sql = delete.replace("{candidates}", candidates);
+    let settings = topology.set_local(FIND_BATCH_BY_KEY);
     let (mut total, mut batches) = (0, 0);
     loop {
         if limits.max_batches.is_some_and(|max| batches >= max) {
@@ -461,20 +478,23 @@ async fn trim(
         let mut tx = conn.begin().await?;
         // The rows of a batch are found by key, never by hashing or sorting the whole table
         // against them: a hash join read all 200,000 rows of prediction_log for every batch of
-        // 5,000 (1.2 s a batch; shared server, autovacuum off).
-        sqlx::query(
-            "SELECT set_config('enable_hashjoin', 'off', true),
-                    set_config('enable_mergejoin', 'off', true)",
-        )
-        .execute(&mut *tx)
-        .await?;
-        let n: i64 = sqlx::query_scalar(&sql)
+        // 5,000 (1.2 s a batch; shared server, autovacuum off). On Citus the setting must reach
+        // the node holding the model's shard, which plans the batch (see `set_local`).
+        // As text (several statements, one round trip); `sqlx::raw_sql` here made the worker's
+        // maintenance future not `Send`.
+        sqlx::Executor::execute(&mut *tx, settings.as_str()).await?;
+        let row = sqlx::query(&sql)
             .bind(model_id)
             .bind(horizon)
             .bind(bound)
             .bind(limits.batch_rows)
             .fetch_one(&mut *tx)
             .await?;
+        let n: i64 = row.try_get(0)?;
+        // A statement may count a subset of its rows in a second column.
+        if let Some(counted) = also_counted.as_deref_mut() {
+            *counted += row.try_get::<i64, _>(1)?;
+        }
         tx.commit().await?;
         tracing::debug!(%model_id, rows = n, ms = started.elapsed().as_secs_f64() * 1e3,
             table = sql.split("DELETE FROM ").nth(1).and_then(|t| t.split_whitespace().next()),
@@ -519,6 +539,7 @@ pub async fn run_model(
         floor: None,
         complete: true,
         notes: Vec::new(),
+        unlabeled_predictions: 0,
     };
     let applied = apply(&mut *conn, &mut report, limits).await;
     if !dry_run {
@@ -536,6 +557,7 @@ async fn apply(
 ) -> Result<(), RetentionError> {
     let (model_id, dry_run, now, policy) =
         (report.model_id, report.dry_run, report.at, report.policy);
+    let topology = Topology::detect(&mut *conn).await?;
     // `{candidates}` is filled in by `trim`; `also` is checked again on each row deleted.
     let by_id = |table: &str, key: &str, also: &str| {
         format!(
@@ -550,18 +572,20 @@ async fn apply(
     if let Some(horizon) = policy.horizon(Part::PredictionLog, now) {
         let (n, done) = trim(
             conn,
+            topology,
             "WITH gone AS (
                  DELETE FROM prediction_log d WHERE d.model_id = $1
                    AND (d.entity_id, d.id) IN (SELECT c.entity_id, c.id FROM ({candidates}) c
                                                LIMIT $4)
-                 RETURNING 1)
-             SELECT count(*) FROM gone",
+                 RETURNING d.labeled_at IS NULL AS unlabeled)
+             SELECT count(*), count(*) FILTER (WHERE unlabeled) FROM gone",
             PREDICTION_LOG,
             model_id,
             horizon,
             0,
             limits,
             dry_run,
+            Some(&mut report.unlabeled_predictions),
         )
         .await?;
         report.add("prediction_log", n);
@@ -596,6 +620,7 @@ async fn apply(
         .await?;
         let (n, done) = trim(
             conn,
+            topology,
             &by_id("feedback_events", "id", "AND d.processed"),
             FEEDBACK,
             model_id,
@@ -603,6 +628,7 @@ async fn apply(
             applied_before,
             limits,
             dry_run,
+            None,
         )
         .await?;
         report.add("feedback_events", n);
@@ -620,6 +646,7 @@ async fn apply(
     if let Some(horizon) = policy.horizon(Part::DriftEvents, now) {
         let (n, done) = trim(
             conn,
+            topology,
             &by_id("drift_events", "id", ""),
             DRIFT_EVENTS,
             model_id,
@@ -627,6 +654,7 @@ async fn apply(
             0,
             limits,
             dry_run,
+            None,
         )
         .await?;
         report.add("drift_events", n);
@@ -647,6 +675,7 @@ async fn apply(
     if pruned_through > 0 {
         let (n, done) = trim(
             conn,
+            topology,
             "WITH gone AS (
                  DELETE FROM parameter_updates d WHERE d.model_id = $1
                    AND (d.model_version, d.parameter_id) IN (
@@ -659,6 +688,7 @@ async fn apply(
             pruned_through,
             limits,
             dry_run,
+            None,
         )
         .await?;
         report.add("parameter_updates", n);
@@ -702,6 +732,7 @@ async fn apply(
         } else {
             trim(
                 conn,
+                topology,
                 &by_id("model_versions", "model_version", ""),
                 VERSIONS,
                 model_id,
@@ -709,6 +740,7 @@ async fn apply(
                 pruned_through,
                 limits,
                 dry_run,
+                None,
             )
             .await?
         };
@@ -1027,16 +1059,21 @@ async fn record(conn: &mut PgConnection, report: &ModelReport) -> Result<(), sql
     let tables: Vec<&str> = report.deleted.iter().map(|(t, _)| t.as_str()).collect();
     let rows: Vec<i64> = report.deleted.iter().map(|(_, n)| *n).collect();
     sqlx::query(
-        "INSERT INTO retention_stats (model_id, table_name, rows_deleted, last_run_at)
-         SELECT $1, u.t, u.n, now() FROM unnest($2::text[], $3::int8[]) AS u(t, n)
+        "INSERT INTO retention_stats (model_id, table_name, rows_deleted, last_run_at,
+                                      unlabeled_predictions)
+         SELECT $1, u.t, u.n, now(), CASE WHEN u.t = 'prediction_log' THEN $4 ELSE 0 END
+         FROM unnest($2::text[], $3::int8[]) AS u(t, n)
          WHERE EXISTS (SELECT 1 FROM models WHERE model_id = $1)
          ON CONFLICT (model_id, table_name) DO UPDATE
          SET rows_deleted = retention_stats.rows_deleted + EXCLUDED.rows_deleted,
+             unlabeled_predictions = retention_stats.unlabeled_predictions
+                                     + EXCLUDED.unlabeled_predictions,
              last_run_at = EXCLUDED.last_run_at",
     )
     .bind(report.model_id)
     .bind(&tables)
     .bind(&rows)
+    .bind(report.unlabeled_predictions)
     .execute(conn)
     .await?;
     Ok(())
@@ -1064,12 +1101,14 @@ pub async fn run_due(
         return Ok(Vec::new());
     }
     let result = async {
+        // An uncorrelated NOT IN: Citus refuses a correlated subquery (NOT EXISTS … WHERE
+        // s.model_id = m.model_id) under the reference table `models`.
         let due: Vec<Uuid> = sqlx::query_scalar(
             "SELECT m.model_id FROM models m
              WHERE (cardinality($1::uuid[]) = 0 OR m.model_id = ANY($1::uuid[]))
-               AND NOT EXISTS (SELECT 1 FROM retention_stats s
-                               WHERE s.model_id = m.model_id
-                                 AND s.last_run_at > now() - $2::float8 * interval '1 second')
+               AND m.model_id NOT IN (
+                   SELECT s.model_id FROM retention_stats s
+                   WHERE s.last_run_at > now() - $2::float8 * interval '1 second')
              ORDER BY m.model_id",
         )
         .bind(only)
@@ -1095,6 +1134,7 @@ pub async fn run_due(
                         floor: None,
                         complete: false,
                         notes: Vec::new(),
+                        unlabeled_predictions: 0,
                     };
                     record(&mut conn, &stamp).await?;
                 }

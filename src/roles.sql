@@ -8,8 +8,8 @@
 --   olps_writer   service clients writing feedback as plain SQL: INSERT on feedback_events only
 --                 (the enqueue trigger runs SECURITY DEFINER; see V30)
 --   olps_worker   `olps worker`: reads what it learns from, writes parameters, history, versions,
---                 the queue and snapshots, and applies retention (deletes old rows of the traffic
---                 tables per each model's policy)
+--                 the queue and snapshots, copies a champion's feedback for its challengers, and
+--                 applies retention (deletes old rows of the traffic tables per each model's policy)
 --   olps_service  `olps serve`: reads everything, writes models, feedback, the prediction log,
 --                 snapshots, rollbacks, tokens and the audit trail
 --   olps_analyst  read-only: every table and view except the token hashes (the sql/ pack)
@@ -86,6 +86,8 @@ BEGIN
     -- Truncating drained queue generations (as the owner; see migration V40).
     GRANT EXECUTE ON FUNCTION olps_rotate_queue(INTEGER, INTEGER) TO olps_worker;
     GRANT UPDATE ON feedback_events TO olps_worker;
+    -- Copies of a champion's batch for its challengers (src/shadow/feed.rs).
+    GRANT INSERT ON feedback_events TO olps_worker;
     GRANT INSERT, UPDATE ON model_parameters TO olps_worker;
     GRANT INSERT ON parameter_updates, model_versions, drift_events TO olps_worker;
     GRANT UPDATE ON models TO olps_worker;

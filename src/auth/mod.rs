@@ -138,6 +138,15 @@ pub struct Principal {
     pub expires_at: Option<chrono::DateTime<chrono::Utc>>,
 }
 
+/// Who made a settings change, as `model_settings_changes.changed_by` records it.
+pub fn changed_by(principal: Option<&Principal>) -> String {
+    match principal.map(|p| &p.actor) {
+        Some(Actor::Token { name, .. }) => format!("token:{name}"),
+        Some(Actor::Cli) => "cli".to_string(),
+        Some(Actor::NoAuth) | None => "no-auth".to_string(),
+    }
+}
+
 /// The kind of caller.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Actor {

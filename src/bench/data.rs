@@ -141,6 +141,14 @@ pub fn predict_body(stream: &Stream, start: u64, n: u64) -> Vec<u8> {
     s.into_bytes()
 }
 
+/// A predict body for one instance, event `i`, made for `entity` (so the service logs it).
+pub fn predict_body_for_entity(stream: &Stream, i: u64, entity: &str) -> Vec<u8> {
+    let mut s = String::from("{\"features\": {");
+    features_json_into(&mut s, &stream.event(i));
+    let _ = write!(s, "}}, \"entity_id\": \"{entity}\"}}");
+    s.into_bytes()
+}
+
 /// The COPY statement matching [`copy_rows`].
 pub const COPY_SQL: &str = "COPY feedback_events (model_id, entity_id, feedback_type, \
      feedback_value, confidence, metadata) FROM STDIN";

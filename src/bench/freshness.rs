@@ -5,7 +5,13 @@
 //! a listener records when each version's notification on `olps_model_version` arrived (sent at
 //! commit). `model_versions.created_at` is `now()`, the transaction's start, so the server-side
 //! difference `created_at - timestamp` misses the batch's own duration; it is reported beside it.
-//! Baseline: the bare set-based SQL drain, woken the same way (LISTEN olps_feedback, 250 ms poll).
+//! Baseline: the bare set-based SQL drain, woken the same way (LISTEN olps_feedback, and a poll at
+//! the worker's interval on the same topology).
+//!
+//! The producer writes like the service (`olps::feedback::insert`, which notifies the workers
+//! itself) or, with `--plain-sql`, like an application writing to the database directly: a plain
+//! INSERT that notifies nobody. On one server the table's trigger then wakes the workers; on Citus
+//! nothing does, and the worker's Citus poll interval is what finds the rows.
 
 use std::collections::HashMap;
 use std::sync::atomic::AtomicU64;
@@ -21,6 +27,7 @@ use super::data::{self, Stream};
 use super::drain::{self, Drainer};
 use super::sys::percentiles;
 use super::{Ctx, Figure, Report};
+use crate::citus::Topology;
 use crate::feedback::FeedbackEvent;
 use crate::worker::{Worker, WorkerConfig};
 
@@ -50,10 +57,25 @@ pub async fn run(ctx: &Ctx, report: &mut Report) -> anyhow::Result<()> {
     .max(0.1);
     let olps = measure(ctx, Drainer::Olps, rate, duration).await?;
     let bare = measure(ctx, Drainer::BareSql, rate, duration).await?;
+    let topology = Topology::detect(&ctx.pool).await?;
     let case = format!(
-        "{} events/s for {duration:.0} s ({} events)",
+        "{} events/s for {duration:.0} s ({} events){}{}{}",
         super::report::number(rate),
-        olps.events
+        olps.events,
+        if ctx.args.cold_statistics {
+            ", statistics not analyzed after the warm-up"
+        } else {
+            ""
+        },
+        if ctx.args.plain_sql {
+            ", plain-SQL INSERTs"
+        } else {
+            ""
+        },
+        match topology {
+            Topology::Citus => ", on Citus",
+            Topology::Single => "",
+        }
     );
     let base = "bare SQL drain, same wake-up";
     for (label, value, baseline) in [
@@ -151,6 +173,7 @@ async fn measure_on(
     };
 
     let drain_pool = crate::db::connect(&ctx.url, 4).await?;
+    let poll = WorkerConfig::default().poll_interval_on(Topology::detect(&ctx.pool).await?);
     let cancel = CancellationToken::new();
     // The worker with its default settings (adaptive batching); the baseline claims up to
     // --batch-size rows (at a steady rate both take what is pending).
@@ -170,7 +193,7 @@ async fn measure_on(
                     anyhow::Ok(())
                 }
                 Drainer::BareSql => {
-                    drain::bare_drain_listening(pool, vec![model], batch, cancel).await
+                    drain::bare_drain_listening(pool, vec![model], batch, poll, cancel).await
                 }
             }
         })
@@ -183,7 +206,7 @@ async fn measure_on(
     // drained first, then the hot tables are analyzed, as autovacuum does within a minute of a
     // new deployment. (Cold, the first statements are planned on empty tables and the plans
     // stay until that ANALYZE: see worker::queue::plan_for_any_statistics.) Warm-up events are
-    // not measured.
+    // not measured. `--cold-statistics` skips that ANALYZE.
     let warm = ((rate * 2.0) as u64).max(2000);
     data::load(&ctx.pool, &[model], &stream, 1_000_000_000, warm, None).await?;
     data::wait_applied(
@@ -194,9 +217,11 @@ async fn measure_on(
         Duration::from_secs(120),
     )
     .await?;
-    sqlx::query("ANALYZE feedback_events, feedback_queue, model_parameters, parameter_updates")
-        .execute(&ctx.pool)
-        .await?;
+    if !ctx.args.cold_statistics {
+        sqlx::query("ANALYZE feedback_events, feedback_queue, model_parameters, parameter_updates")
+            .execute(&ctx.pool)
+            .await?;
+    }
     data::settle(&ctx.pool).await;
     let seen_before: std::collections::HashSet<i64> =
         seen.lock().unwrap().keys().copied().collect();
@@ -233,13 +258,20 @@ async fn measure_on(
                     confidence: 1.0,
                     metadata: serde_json::from_str(&data::metadata_json(&e)).expect("JSON"),
                     timestamp: None,
+                    prediction_id: None,
                     id: None,
                 }
             })
             .collect();
-        let stored = crate::feedback::insert(&producer, model, &events).await?;
+        let ids = if ctx.args.plain_sql {
+            insert_plain(&producer, model, &events).await?
+        } else {
+            crate::feedback::insert(&producer, model, &events)
+                .await?
+                .ids
+        };
         let at = Instant::now();
-        for id in stored.ids {
+        for id in ids {
             committed.insert(id, at);
         }
         sent = due;
@@ -328,6 +360,35 @@ async fn measure_on(
         server_p50: server_p50.unwrap_or(f64::NAN),
         server_p99: server_p99.unwrap_or(f64::NAN),
     })
+}
+
+/// The events as an application writing to the database directly inserts them: one INSERT that
+/// sends no NOTIFY of its own. Returns their ids.
+async fn insert_plain(
+    db: &sqlx::PgPool,
+    model: Uuid,
+    events: &[FeedbackEvent],
+) -> anyhow::Result<Vec<Uuid>> {
+    let ids: Vec<Uuid> = events.iter().map(|_| Uuid::new_v4()).collect();
+    let entity: Vec<&str> = events.iter().map(|e| e.entity_id.as_str()).collect();
+    let value: Vec<f64> = events.iter().map(|e| e.feedback_value).collect();
+    let metadata: Vec<String> = events.iter().map(|e| e.metadata.to_string()).collect();
+    sqlx::query(
+        "INSERT INTO feedback_events
+             (model_id, id, entity_id, feedback_type, feedback_value, confidence, metadata)
+         SELECT $1, u.id, u.entity_id, 'explicit', u.value, 1, u.metadata::jsonb
+         FROM unnest($2::uuid[], $3::text[], $4::float8[], $5::text[]) WITH ORDINALITY
+              AS u(id, entity_id, value, metadata, ord)
+         ORDER BY u.ord",
+    )
+    .bind(model)
+    .bind(&ids)
+    .bind(&entity)
+    .bind(&value)
+    .bind(&metadata)
+    .execute(db)
+    .await?;
+    Ok(ids)
 }
 
 fn drainer_name(d: Drainer) -> &'static str {

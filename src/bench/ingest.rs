@@ -306,6 +306,7 @@ async fn unnest_parallel(
                         metadata: serde_json::from_str(&data::metadata_json(&e))
                             .expect("valid JSON"),
                         timestamp: None,
+                        prediction_id: None,
                         id: None,
                     }
                 })

@@ -133,6 +133,17 @@ pub struct BenchArgs {
     /// Feedback rate of the freshness scenario, events per second.
     #[arg(long, default_value_t = 1000.0)]
     pub rate: f64,
+    /// freshness: the producer writes plain SQL INSERTs that notify nobody (as an application
+    /// writing to the database directly), instead of the service's insert, which notifies the
+    /// workers itself. On Citus such rows are found by the worker's poll.
+    #[arg(long)]
+    pub plain_sql: bool,
+    /// freshness: measure on the planner statistics the database has after the warm-up (on a
+    /// brand-new database: what `olps migrate` and the worker's own ANALYZE left), instead of
+    /// analyzing the hot tables first as autovacuum would within a minute. Run it on a new
+    /// database: the cold start of a deployment, or autovacuum off.
+    #[arg(long)]
+    pub cold_statistics: bool,
     /// Seconds of steady load (freshness; predict per case).
     #[arg(long, default_value_t = 10.0)]
     pub duration: f64,
@@ -219,6 +230,8 @@ impl BenchArgs {
             connections: 4,
             rate: 1000.0,
             duration: 10.0,
+            plain_sql: false,
+            cold_statistics: false,
             memory_events: None,
             batch_sweep: None,
             repeat: 1,

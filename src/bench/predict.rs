@@ -6,6 +6,12 @@
 //! (routing, parsing, the handler, serialization); client time is the full round trip.
 //! Baseline: PostgreSQL computing the same predictions, one SQL statement per request (the
 //! features joined with `model_parameters`), from the same number of connections.
+//!
+//! The prediction log at the batch-1 rate: the same batch-1 load with an `entity_id` in every
+//! request (so every prediction is logged), once per log method, each on a service of its own:
+//! the fraction of the predictions answered that reached `prediction_log` (the rest were dropped
+//! and counted), binary COPY from two writers against the path before it (one writer, INSERT …
+//! unnest) in the same run.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
@@ -21,6 +27,7 @@ use super::data::{self, Stream};
 use super::sys::percentiles;
 use super::{client, Ctx, Figure, Report};
 use crate::http::{self, AppState};
+use crate::serving::{LogConfig, LogMethod, LogRecord, PredictionLog, ServingConfig};
 use crate::worker::{Worker, WorkerConfig};
 
 /// Targets (Deliver), batch 1.
@@ -183,7 +190,18 @@ async fn run_on(ctx: &Ctx, report: &mut Report, model: Uuid) -> anyhow::Result<(
             let sql = sql_load(ctx, model, instances, conns, batch).await?;
             cases.push((batch, olps, sql, no_auth));
         }
-        anyhow::Ok(cases)
+        let mut logged = Vec::new();
+        for (name, method, writers) in LOG_CASES {
+            logged.push((
+                name,
+                logged_load(ctx, &stream, model, method, writers).await?,
+            ));
+        }
+        let mut capacity = Vec::new();
+        for (_, method, writers) in LOG_CASES.into_iter().chain([WRITER_ALONE]) {
+            capacity.push(writer_capacity(ctx, &stream, model, method, writers).await?);
+        }
+        anyhow::Ok((cases, logged, capacity))
     }
     .await;
 
@@ -201,11 +219,31 @@ async fn run_on(ctx: &Ctx, report: &mut Report, model: Uuid) -> anyhow::Result<(
     let version_after = version(&ctx.pool, model).await?;
     service_pool.close().await;
     worker_pool.close().await;
-    let cases = result?;
+    let (cases, logged, logged_capacity) = result?;
     produced.context("producer panicked")??;
     worked.context("worker panicked")??;
 
     let versions = version_after - version_before;
+    report_logged(report, conns, &logged);
+    if let [new, old, one_writer] = logged_capacity[..] {
+        report.add(
+            Figure::new(
+                "predict",
+                &format!(
+                    "prediction log alone: {} records offered at once, written ({})",
+                    super::report::thousands(CAPACITY_RECORDS as f64),
+                    LOG_CASES[0].0
+                ),
+                "rows/s",
+                new,
+            )
+            .baseline(LOG_CASES[1].0, old)
+            .detail("copy_1_writer_rows_per_sec", one_writer)
+            .note(format!(
+                "the writers' capacity, without HTTP: binary COPY from one writer {one_writer:.0} rows/s"
+            )),
+        );
+    }
     for (batch, mut olps, mut sql, no_auth) in cases {
         if let Some(mut open) = no_auth {
             let on = (olps.requests * batch) as f64 / olps.secs;
@@ -280,6 +318,188 @@ async fn run_on(ctx: &Ctx, report: &mut Report, model: Uuid) -> anyhow::Result<(
         report.add(latency);
     }
     Ok(())
+}
+
+/// The log methods measured at the batch-1 rate: the default first, then the baseline.
+const LOG_CASES: [(&str, LogMethod, usize); 2] = [
+    ("binary COPY, 2 writers", LogMethod::Copy, 2),
+    ("INSERT … unnest, 1 writer (before)", LogMethod::Insert, 1),
+];
+
+/// Binary COPY from one writer: what the second writer adds (capacity only).
+const WRITER_ALONE: (&str, LogMethod, usize) = ("binary COPY, 1 writer", LogMethod::Copy, 1);
+
+/// Records of the capacity measurement.
+const CAPACITY_RECORDS: u64 = 50_000;
+
+/// The writers' capacity in rows/s: [`CAPACITY_RECORDS`] records offered at once to a log with
+/// room for all of them, timed until the last is written.
+async fn writer_capacity(
+    ctx: &Ctx,
+    stream: &Stream,
+    model: Uuid,
+    method: LogMethod,
+    writers: usize,
+) -> anyhow::Result<f64> {
+    let records: Vec<LogRecord> = (0..CAPACITY_RECORDS)
+        .map(|i| {
+            let e = stream.event(3_000_000 + i);
+            LogRecord {
+                model_id: model,
+                entity_id: format!("bench-c{}", i % 4096),
+                features: e
+                    .features
+                    .iter()
+                    .map(|(j, x)| (format!("f{j}"), *x))
+                    .collect(),
+                prediction: 0.5,
+                version: 1,
+                prediction_id: Uuid::new_v4(),
+                predicted_at: chrono::Utc::now(),
+            }
+        })
+        .collect();
+    let log = PredictionLog::start(
+        ctx.pool.clone(),
+        LogConfig {
+            capacity: CAPACITY_RECORDS as usize,
+            writers,
+            method,
+            ..LogConfig::default()
+        },
+    );
+    let started = Instant::now();
+    for r in records {
+        log.offer(r);
+    }
+    log.close().await;
+    let secs = started.elapsed().as_secs_f64();
+    let (written, full, failed) = log.counts().snapshot();
+    if written != CAPACITY_RECORDS {
+        bail!("the prediction log wrote {written} of {CAPACITY_RECORDS} records ({full} found the buffer full, {failed} failed)");
+    }
+    let rate = written as f64 / secs;
+    ctx.say(&format!(
+        "prediction log alone ({method:?}, {writers} writers): {rate:.0} rows/s"
+    ));
+    Ok(rate)
+}
+
+/// One batch-1 load whose every prediction is logged.
+#[derive(Debug, Clone)]
+struct Logged {
+    load: Load,
+    /// Rows in `prediction_log` when the load ended, and after the service flushed its log.
+    written_by_end: i64,
+    written: i64,
+}
+
+impl Logged {
+    fn fraction(&self) -> f64 {
+        self.written as f64 / self.load.requests.max(1) as f64
+    }
+}
+
+/// The batch-1 load with an `entity_id` in every request, on a service of its own whose
+/// prediction log uses `method` with `writers` writers (default sizes otherwise; no tokens).
+async fn logged_load(
+    ctx: &Ctx,
+    stream: &Stream,
+    model: Uuid,
+    method: LogMethod,
+    writers: usize,
+) -> anyhow::Result<Logged> {
+    let conns = ctx.args.connections as usize;
+    let rows = || async {
+        sqlx::query_scalar::<_, i64>("SELECT count(*) FROM prediction_log WHERE model_id = $1")
+            .bind(model)
+            .fetch_one(&ctx.pool)
+            .await
+    };
+    let before = rows().await?;
+    let listener = TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let pool = crate::db::connect(&ctx.url, conns as u32 + 4).await?;
+    let config = ServingConfig {
+        log_method: method,
+        log_writers: writers,
+        ..ServingConfig::default()
+    };
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(http::serve(
+        listener,
+        AppState::with_serving(pool.clone(), config)
+            .with_access(crate::http::access::AccessConfig::no_auth()),
+        stop.clone(),
+    ));
+    let bodies: Arc<Vec<Vec<u8>>> = Arc::new(
+        (0..BODIES)
+            .map(|k| data::predict_body_for_entity(stream, 2_000_000 + k, &format!("bench-e{k}")))
+            .collect(),
+    );
+    let path = format!("/v1/models/{model}/predict");
+    let load = http_load(ctx, addr, None, &path, bodies, conns, 1).await;
+    let written_by_end = rows().await?;
+    stop.cancel();
+    server.await.context("service panicked")??;
+    pool.close().await;
+    let load = load?;
+    let written = rows().await? - before;
+    ctx.say(&format!(
+        "predict batch 1 logged ({method:?}, {writers} writers): {written} of {} predictions logged",
+        load.requests
+    ));
+    Ok(Logged {
+        load,
+        written_by_end: written_by_end - before,
+        written,
+    })
+}
+
+fn report_logged(report: &mut Report, conns: usize, logged: &[(&str, Logged)]) {
+    let [(name, new), (base_name, old)] = logged else {
+        return;
+    };
+    let rate = |l: &Logged| l.load.requests as f64 / l.load.secs;
+    let written_rate = |l: &Logged| l.written_by_end as f64 / l.load.secs;
+    report.add(
+        Figure::new(
+            "predict",
+            &format!(
+                "batch 1 with entity_id, {conns} conns: fraction of predictions logged ({name})"
+            ),
+            "%",
+            new.fraction() * 100.0,
+        )
+        .baseline(base_name, old.fraction() * 100.0)
+        .target_value_at_least(90.0, "%")
+        .detail("predictions", new.load.requests)
+        .detail("predictions_per_sec", rate(new))
+        .detail("logged", new.written)
+        .detail("logged_during_load_per_sec", written_rate(new))
+        .detail("baseline_predictions_per_sec", rate(old))
+        .detail("baseline_logged_during_load_per_sec", written_rate(old))
+        .note(format!(
+            "every request names an entity, so every prediction is to be logged; the rest were \
+             dropped (counted in olps_prediction_log_dropped_total) when the buffer \
+             ({} records) was full. {:.0} predictions/s, {:.0} rows/s written during the load; \
+             before: {:.0} predictions/s, {:.0} rows/s",
+            ServingConfig::default().log_capacity,
+            rate(new),
+            written_rate(new),
+            rate(old),
+            written_rate(old)
+        )),
+    );
+    report.add(
+        Figure::new(
+            "predict",
+            &format!("batch 1 with entity_id, {conns} conns: rows logged per second during the load ({name})"),
+            "rows/s",
+            written_rate(new),
+        )
+        .baseline(base_name, written_rate(old)),
+    );
 }
 
 async fn version(pool: &PgPool, model: Uuid) -> anyhow::Result<i64> {

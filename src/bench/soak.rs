@@ -144,6 +144,7 @@ fn event_for(stream: &Stream, i: u64) -> FeedbackEvent {
         confidence: 1.0,
         metadata: serde_json::from_str(&data::metadata_json(&e)).expect("JSON"),
         timestamp: None,
+        prediction_id: None,
         id: None,
     }
 }

@@ -13,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use crate::auth::audit;
 use crate::db::{self, Database};
 use crate::http::{self, AppState};
-use crate::learner::{LearnerConfig, LrSchedule, ModelKind, OptimizerKind};
+use crate::learner::{LearnerConfig, ModelKind, OptimizerKind};
 use crate::models::{self, NewModel};
 use crate::runtime;
 use crate::schema;
@@ -21,11 +21,17 @@ use crate::worker::batching::AdaptiveBatching;
 use crate::worker::{Worker, WorkerConfig};
 
 mod access;
+mod challengers;
+mod db_cluster;
 mod deadletters;
+mod model_ops;
 mod retention;
 mod timeline;
 pub use access::{AccessArgs, TokenCommand};
+pub use challengers::ChallengerCommand;
+pub use db_cluster::DbCommand;
 pub use deadletters::{DeadlettersCommand, RequeueArgs};
+pub use model_ops::{LearnerFlags, ReplayArgs, UpdateModelArgs};
 pub use retention::RetentionCommand;
 pub use timeline::{
     HistoryArgs, HistoryCommand, OutputFormat, ParamsArgs, RollbackArgs, SnapshotCommand,
@@ -80,6 +86,9 @@ pub enum Command {
     /// How long each model keeps its traffic rows: show and set the policy, apply it now.
     #[command(subcommand)]
     Retention(RetentionCommand),
+    /// The embedded PostgreSQL cluster under .olps/: see whether it runs, stop it.
+    #[command(subcommand)]
+    Db(DbCommand),
 }
 
 #[derive(Debug, Args)]
@@ -141,6 +150,11 @@ pub struct WorkerArgs {
     /// Milliseconds between queue polls when no notification arrives.
     #[arg(long, env = "OLPS_POLL_INTERVAL_MS", default_value_t = 250)]
     pub poll_interval_ms: u64,
+    /// On Citus, milliseconds between queue polls (at most --poll-interval-ms): plain-SQL
+    /// feedback wakes no worker there, so this is its freshness; 0: --poll-interval-ms.
+    #[arg(long, env = "OLPS_CITUS_POLL_INTERVAL_MS",
+          default_value_t = crate::worker::CITUS_POLL_INTERVAL.as_millis() as u64)]
+    pub citus_poll_interval_ms: u64,
     /// Serve Prometheus metrics (GET /metrics) on this address, e.g. 127.0.0.1:9091.
     #[arg(long, env = "OLPS_METRICS_LISTEN")]
     pub metrics_listen: Option<String>,
@@ -153,6 +167,11 @@ pub struct WorkerArgs {
     #[arg(long, env = "OLPS_RETENTION_INTERVAL_SECS",
           default_value_t = crate::worker::maintenance::RETENTION_EVERY.as_secs())]
     pub retention_interval_secs: u64,
+    /// Seconds a label naming a prediction that is not logged yet waits for it before it is
+    /// dead-lettered (README, "Delayed labels by prediction id").
+    #[arg(long, env = "OLPS_LABEL_WAIT_SECS",
+          default_value_t = crate::worker::DEFAULT_LABEL_WAIT.as_secs())]
+    pub label_wait_secs: u64,
 }
 
 /// Starts `GET /metrics` on `--metrics-listen` when given.
@@ -198,10 +217,13 @@ impl WorkerArgs {
             batch_size: self.batch_size.unwrap_or(self.max_batch),
             adaptive,
             poll_interval: Duration::from_millis(self.poll_interval_ms.max(1)),
+            citus_poll_interval: (self.citus_poll_interval_ms > 0)
+                .then(|| Duration::from_millis(self.citus_poll_interval_ms)),
             until_empty: self.until_empty,
             shutdown_grace: Duration::from_millis(self.shutdown_grace_ms),
             retention_every: (self.retention_interval_secs > 0)
                 .then(|| Duration::from_secs(self.retention_interval_secs)),
+            label_wait: Duration::from_secs(self.label_wait_secs),
             ..WorkerConfig::default()
         })
     }
@@ -236,6 +258,21 @@ pub enum ModelCommand {
     Resume { model: String },
     /// Delete a model and all its rows (parameters, history, feedback, snapshots).
     Delete { model: String },
+    /// Change the settings that can change safely (learning rate and schedule, l1, l2, gradient
+    /// clipping, drift, guard, snapshot policy); the worker uses them from its next batch.
+    Update(UpdateModelArgs),
+    /// The changes of a model's settings, oldest first, each with the version it took effect at.
+    SettingsHistory {
+        model: String,
+        #[arg(long, value_enum, default_value = "table")]
+        format: Format,
+    },
+    /// Train model --into on the feedback model --from has learned, in the order it learned it.
+    Replay(ReplayArgs),
+    /// Shadow models: challengers that learn a copy of this model's feedback, compared with it
+    /// over the same events, and promoted.
+    #[command(subcommand)]
+    Challenger(ChallengerCommand),
 }
 
 #[derive(Debug, Args)]
@@ -244,21 +281,11 @@ pub struct CreateModelArgs {
     pub name: String,
     #[arg(long)]
     pub kind: ModelKind,
-    /// sgd, adagrad, rmsprop, adam or ftrl.
+    /// auto (the default: a race of three SGD rates), sgd, adagrad, rmsprop, adam or ftrl.
     #[arg(long)]
     pub optimizer: Option<OptimizerKind>,
-    #[arg(long, allow_negative_numbers = true)]
-    pub learning_rate: Option<f64>,
-    /// constant or invscaling (SGD only).
-    #[arg(long)]
-    pub lr_schedule: Option<LrSchedule>,
-    #[arg(long, allow_negative_numbers = true)]
-    pub l1: Option<f64>,
-    #[arg(long, allow_negative_numbers = true)]
-    pub l2: Option<f64>,
-    /// Clip each parameter's gradient to [-C, C]; 0 turns clipping off.
-    #[arg(long, allow_negative_numbers = true)]
-    pub clip_gradient: Option<f64>,
+    #[command(flatten)]
+    pub learner: LearnerFlags,
     /// Online feature standardization (running mean and variance per feature).
     #[arg(long)]
     pub standardize: Option<bool>,
@@ -269,38 +296,15 @@ pub struct CreateModelArgs {
 
 impl CreateModelArgs {
     fn learner_config(&self) -> anyhow::Result<LearnerConfig> {
-        let given: serde_json::Value = match &self.settings {
-            Some(json) => serde_json::from_str(json).context("--settings is not valid JSON")?,
-            None => serde_json::json!({}),
-        };
-        let mut config =
-            LearnerConfig::from_input(&given).map_err(|e| anyhow::anyhow!("--settings: {e}"))?;
+        let mut given = self.learner.over_settings(self.settings.as_deref())?;
         if let Some(v) = self.optimizer {
-            config.optimizer = v;
-            // An optimizer without a rate gets its own default rate.
-            if self.learning_rate.is_none() && given.get("learning_rate").is_none() {
-                config.learning_rate = LearnerConfig::default_learning_rate(v);
-            }
-        }
-        if let Some(v) = self.learning_rate {
-            config.learning_rate = v;
-        }
-        if let Some(v) = self.lr_schedule {
-            config.lr_schedule = v;
-        }
-        if let Some(v) = self.l1 {
-            config.l1 = v;
-        }
-        if let Some(v) = self.l2 {
-            config.l2 = v;
-        }
-        if let Some(v) = self.clip_gradient {
-            config.clip_gradient = v;
+            given.insert("optimizer".into(), v.as_str().into());
         }
         if let Some(v) = self.standardize {
-            config.standardize = v;
+            given.insert("standardize".into(), v.into());
         }
-        Ok(config)
+        // An optimizer without a rate gets its own default rate (`from_input` sees to it).
+        LearnerConfig::from_input(&given.into()).map_err(|e| anyhow::anyhow!("--settings: {e}"))
     }
 }
 
@@ -420,6 +424,12 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
             if !keep {
                 println!("{}", report.text);
             }
+            if database.embedded {
+                // The cluster outlives the demo (later commands reuse it): say how to stop it.
+                println!(
+                    "The embedded PostgreSQL cluster in .olps/ keeps running for the commands                      above: `olps db status` shows it, `olps db stop` stops it (its data is kept)."
+                );
+            }
             Ok(())
         }
         Command::Snapshot(command) => timeline::run_snapshot(command).await,
@@ -430,11 +440,15 @@ pub async fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Token(command) => access::run_token(command).await,
         Command::Deadletters(command) => deadletters::run(command).await,
         Command::Retention(command) => retention::run(command).await,
+        Command::Db(command) => db_cluster::run(command),
     }
 }
 
 async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
     // Check what needs no database first, so a mistyped flag changes nothing anywhere.
+    if let ModelCommand::Update(args) = &command {
+        args.patch()?;
+    }
     if let ModelCommand::Create(args) = &command {
         models::validate_name(&args.name)?;
         args.learner_config()?
@@ -527,6 +541,12 @@ async fn run_model(command: ModelCommand) -> anyhow::Result<()> {
                 model.name, model.model_id
             );
         }
+        ModelCommand::Update(args) => model_ops::update(&pool, &args).await?,
+        ModelCommand::SettingsHistory { model, format } => {
+            model_ops::settings_history(&pool, &model, format).await?
+        }
+        ModelCommand::Replay(args) => model_ops::replay(&pool, &args).await?,
+        ModelCommand::Challenger(command) => challengers::run(&pool, command).await?,
         ModelCommand::Resume { model } => {
             let model = models::find(&pool, &model).await?;
             let resumed = crate::monitor::resume(&pool, model.model_id).await?;

@@ -227,8 +227,20 @@ pub async fn run_snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
             let pool = open().await?;
             let model_id = resolve(&pool, &model).await?;
             let current = snapshots::policy(&pool, model_id).await?;
+            // Recorded in the model's settings history (`olps model settings-history`).
+            let set = |policy: SnapshotPolicy| {
+                let pool = pool.clone();
+                async move {
+                    let mut tx = pool.begin().await?;
+                    let set =
+                        crate::settings::set_snapshot_policy(&mut tx, model_id, &policy, "cli")
+                            .await?;
+                    tx.commit().await?;
+                    anyhow::Ok(set)
+                }
+            };
             let policy = if off {
-                snapshots::set_policy(&pool, model_id, &SnapshotPolicy::default()).await?
+                set(SnapshotPolicy::default()).await?
             } else if every_versions.is_some() || every_minutes.is_some() || keep.is_some() {
                 // The flags given change their part of the policy; the rest stays.
                 let merged = SnapshotPolicy {
@@ -236,7 +248,7 @@ pub async fn run_snapshot(command: SnapshotCommand) -> anyhow::Result<()> {
                     every_minutes: every_minutes.or(current.every_minutes),
                     keep: keep.or(current.keep),
                 };
-                snapshots::set_policy(&pool, model_id, &merged).await?
+                set(merged).await?
             } else {
                 current
             };

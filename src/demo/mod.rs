@@ -2,7 +2,9 @@
 //!
 //! A logistic fraud model learns a generated transaction stream: each transaction is predicted
 //! over HTTP before its label arrives, then the labels are written as plain SQL feedback rows
-//! (as a service client would) and the in-process worker learns them, one version per chunk so
+//! (as a service client would) naming the `prediction_id` each prediction returned, without the
+//! features: delayed labels, trained on the features logged with each prediction. The
+//! in-process worker learns them, one version per chunk so
 //! a seed always gives the same versions and numbers. Partway the fraud pattern changes (a
 //! snapshot is taken first; the drift detectors fire; accuracy recovers); later a bad feed of
 //! flipped labels arrives, and the model is rolled back to the snapshot taken before it with
@@ -80,6 +82,9 @@ pub struct DemoReport {
     pub rollback_command: String,
     pub events_per_second: f64,
     pub seconds: f64,
+    /// Labels learned by naming their prediction's id (no features sent with them), and the
+    /// logged predictions marked as labeled.
+    pub labels_by_prediction_id: (i64, i64),
     pub svg: PathBuf,
     pub report: PathBuf,
     pub commands: Vec<String>,
@@ -96,9 +101,12 @@ struct Demo {
 impl Demo {
     /// Predicts each transaction over HTTP (the single-instance route, as a service would),
     /// a few requests in flight; returns predictions in order and the version they came from.
-    async fn predict_each(&self, txns: &[Transaction]) -> anyhow::Result<(Vec<f64>, i64)> {
+    async fn predict_each(
+        &self,
+        txns: &[Transaction],
+    ) -> anyhow::Result<(Vec<f64>, i64, Vec<Uuid>)> {
         let url = format!("{}/v1/models/{}/predict", self.base, self.model_id);
-        let answers: Vec<anyhow::Result<(f64, i64)>> = futures::stream::iter(txns)
+        let answers: Vec<anyhow::Result<(f64, i64, Uuid)>> = futures::stream::iter(txns)
             .map(|t| {
                 let body =
                     json!({"features": features_json(t), "entity_id": format!("txn-{}", t.id)});
@@ -113,6 +121,10 @@ impl Demo {
                     Ok((
                         value["prediction"].as_f64().context("prediction")?,
                         value["version"].as_i64().context("version")?,
+                        value["prediction_id"]
+                            .as_str()
+                            .and_then(|id| Uuid::parse_str(id).ok())
+                            .context("prediction_id")?,
                     ))
                 }
             })
@@ -120,16 +132,45 @@ impl Demo {
             .collect()
             .await;
         let mut predictions = Vec::with_capacity(txns.len());
+        let mut ids = Vec::with_capacity(txns.len());
         let mut version = None;
         for answer in answers {
-            let (p, v) = answer?;
+            let (p, v, id) = answer?;
+            ids.push(id);
             if version.is_some_and(|seen| seen != v) {
                 bail!("predictions of one chunk came from two versions");
             }
             version = Some(v);
             predictions.push(p);
         }
-        Ok((predictions, version.unwrap_or(0)))
+        Ok((predictions, version.unwrap_or(0), ids))
+    }
+
+    /// Waits until the service's prediction log has written the predictions (it writes off the
+    /// request path, in batches). A label sent earlier would wait for its prediction in the
+    /// queue (status `waiting`) and be learned a little later, in another version: the demo
+    /// waits so that a seed always gives the same versions.
+    async fn wait_logged(&self, ids: &[Uuid]) -> anyhow::Result<()> {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            let logged: i64 = sqlx::query_scalar(
+                "SELECT count(*) FROM prediction_log WHERE model_id = $1 AND prediction_id = ANY($2)",
+            )
+            .bind(self.model_id)
+            .bind(ids)
+            .fetch_one(&self.pool)
+            .await?;
+            if logged == ids.len() as i64 {
+                return Ok(());
+            }
+            if Instant::now() > deadline {
+                bail!(
+                    "the prediction log wrote {logged} of {} predictions within 30 s",
+                    ids.len()
+                );
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
     }
 
     /// Accuracy of one batch-predict request over a held-out set, and its version.
@@ -158,27 +199,29 @@ impl Demo {
         ))
     }
 
-    /// Writes labels as plain SQL feedback rows (one statement), as a service client would.
-    async fn send_labels(&self, txns: &[Transaction], flip: bool) -> anyhow::Result<()> {
+    /// Writes labels as plain SQL feedback rows (one statement), as a service client would: each
+    /// names its prediction's id and carries no features (delayed labels by prediction id).
+    async fn send_labels(
+        &self,
+        txns: &[Transaction],
+        prediction_ids: &[Uuid],
+        flip: bool,
+    ) -> anyhow::Result<()> {
         let entity: Vec<String> = txns.iter().map(|t| format!("txn-{}", t.id)).collect();
         let label: Vec<f64> = txns
             .iter()
             .map(|t| if t.fraud != flip { 1.0 } else { 0.0 })
             .collect();
-        let metadata: Vec<String> = txns
-            .iter()
-            .map(|t| json!({"features": features_json(t)}).to_string())
-            .collect();
         sqlx::query(
-            "INSERT INTO feedback_events (model_id, entity_id, feedback_type, feedback_value, confidence, metadata)
-             SELECT $1, e, 'explicit', v, 1.0, m::jsonb
-             FROM unnest($2::text[], $3::float8[], $4::text[]) WITH ORDINALITY AS u(e, v, m, i)
+            "INSERT INTO feedback_events (model_id, entity_id, feedback_type, feedback_value, confidence, prediction_id)
+             SELECT $1, e, 'explicit', v, 1.0, p
+             FROM unnest($2::text[], $3::float8[], $4::uuid[]) WITH ORDINALITY AS u(e, v, p, i)
              ORDER BY i",
         )
         .bind(self.model_id)
         .bind(&entity)
         .bind(&label)
-        .bind(&metadata)
+        .bind(prediction_ids)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -190,7 +233,8 @@ impl Demo {
         loop {
             let (version, pending): (i64, i64) = sqlx::query_as(
                 "SELECT m.version, (SELECT count(*) FROM feedback_queue q
-                                    WHERE q.model_id = m.model_id AND q.status = 'pending')
+                                    WHERE q.model_id = m.model_id
+                                      AND q.status IN ('pending', 'waiting'))
                  FROM models m WHERE m.model_id = $1",
             )
             .bind(self.model_id)
@@ -378,14 +422,15 @@ pub async fn run(args: DemoArgs, database: &Database) -> anyhow::Result<DemoRepo
             Pattern::CardTesting
         };
         let txns: Vec<Transaction> = (0..chunk).map(|_| generator.next(pattern)).collect();
-        let (predictions, served) = demo.predict_each(&txns).await?;
+        let (predictions, served, prediction_ids) = demo.predict_each(&txns).await?;
         if served != version {
             bail!("predictions came from version {served}, expected {version}");
         }
         let acc = accuracy(&predictions, &txns);
         chunk_accuracy.push((sent, acc));
         let flip = (bad_start..bad_end).contains(&sent);
-        demo.send_labels(&txns, flip).await?;
+        demo.wait_logged(&prediction_ids).await?;
+        demo.send_labels(&txns, &prediction_ids, flip).await?;
         version = demo.wait_applied().await?;
         demo.wait_serving(version, &txns).await?;
         sent += chunk;
@@ -504,7 +549,18 @@ pub async fn run(args: DemoArgs, database: &Database) -> anyhow::Result<DemoRepo
         format!("psql {url_hint} -X -v ON_ERROR_STOP=1 -v model={MODEL_NAME} -f sql/version_timeline.sql"),
         format!("psql {url_hint} -X -v ON_ERROR_STOP=1 -v model={MODEL_NAME} -v window=500 -f sql/prequential_loss.sql"),
     ];
+    let labels_by_prediction_id: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM feedback_events
+                 WHERE model_id = $1 AND prediction_id IS NOT NULL AND processed
+                   AND NOT coalesce(metadata ? 'features', false)),
+                (SELECT count(*) FROM prediction_log
+                 WHERE model_id = $1 AND labeled_at IS NOT NULL)",
+    )
+    .bind(model_id)
+    .fetch_one(&pool)
+    .await?;
     let report = DemoReport {
+        labels_by_prediction_id,
         model_id,
         seed: args.seed,
         events: total,
@@ -600,6 +656,10 @@ fn render(r: &DemoReport, database: &Database) -> String {
     line(format!(
         "  throughput (predict + label + learn)   {:.0} events/s over {:.1} s",
         r.events_per_second, r.seconds
+    ));
+    line(format!(
+        "  delayed labels by prediction_id        {} learned without features ({} logged predictions trained on)",
+        r.labels_by_prediction_id.0, r.labels_by_prediction_id.1
     ));
     line(format!(
         "  accuracy before the change             {:.3}",

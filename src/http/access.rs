@@ -84,6 +84,12 @@ pub const ROUTES: &[RouteAccess] = &[
     route("POST", "/v1/models", AllModels(Write), Some("model.create")),
     route("GET", "/v1/models/{model}", Need::Scope(Read), None),
     route(
+        "PATCH",
+        "/v1/models/{model}",
+        Need::Scope(Write),
+        Some("model.update"),
+    ),
+    route(
         "POST",
         "/v1/models/{model}/feedback",
         Need::Scope(Feedback),
@@ -144,6 +150,30 @@ pub const ROUTES: &[RouteAccess] = &[
         "/v1/models/{model}/rollback",
         Need::Scope(Admin),
         Some("rollback"),
+    ),
+    route(
+        "GET",
+        "/v1/models/{model}/challengers",
+        Need::Scope(Read),
+        None,
+    ),
+    route(
+        "POST",
+        "/v1/models/{model}/challengers",
+        Need::Scope(Write),
+        Some("challenger.add"),
+    ),
+    route(
+        "DELETE",
+        "/v1/models/{model}/challengers/{challenger}",
+        Need::Scope(Write),
+        Some("challenger.remove"),
+    ),
+    route(
+        "POST",
+        "/v1/models/{model}/challengers/{challenger}/promote",
+        Need::Scope(Admin),
+        Some("challenger.promote"),
     ),
     route(
         "POST",

@@ -103,6 +103,19 @@ impl From<ModelError> for ApiError {
     }
 }
 
+impl From<crate::settings::SettingsError> for ApiError {
+    fn from(e: crate::settings::SettingsError) -> Self {
+        use crate::settings::SettingsError as E;
+        match e {
+            E::InvalidRequest(_) | E::Fixed { .. } | E::Invalid(_) | E::InvalidPolicy(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+            E::Model(m) => m.into(),
+            E::Db(d) => d.into(),
+        }
+    }
+}
+
 impl From<InvalidFeedback> for ApiError {
     fn from(e: InvalidFeedback) -> Self {
         ApiError::new(

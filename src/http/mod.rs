@@ -1,6 +1,7 @@
 //! The HTTP API (JSON under /v1): one router per area, merged here.
 
 pub mod access;
+mod challengers;
 mod error;
 mod feedback;
 mod models;
@@ -91,6 +92,7 @@ pub fn api() -> OpenApiRouter<AppState> {
         .merge(predict::router())
         .merge(timeline::router())
         .merge(monitor::router())
+        .merge(challengers::router())
         .merge(openapi::router())
         .merge(tokens::router());
     // The bearer scheme, and 401/403 on every operation that needs a token.

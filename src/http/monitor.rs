@@ -13,6 +13,7 @@ use super::openapi::ErrorBody;
 use super::{retry, ApiError, AppState};
 use crate::models;
 use crate::monitor;
+use crate::shadow::compare;
 use crate::timeline::version;
 
 pub fn router() -> OpenApiRouter<AppState> {
@@ -37,6 +38,12 @@ pub struct ModelMetricsDoc {
     /// {model_version, detector, statistic, threshold, at_example, adaptation, lr_multiplier,
     /// detected_at}.
     drift_events: Vec<serde_json::Value>,
+    /// The model's challengers, each compared with it over the same events (those the model
+    /// learned since the link was made that the challenger has learned too), whatever the version
+    /// range: {challenger_id, challenger, challenger_version, since_version, added_at, events,
+    /// not_learned_by_challenger, champion_mean_loss, challenger_mean_loss, champion_accuracy,
+    /// challenger_accuracy (both logistic only)}.
+    challengers: Vec<serde_json::Value>,
 }
 
 /// The answer of POST /v1/models/{m}/resume.
@@ -61,7 +68,7 @@ pub struct MetricsQuery {
 }
 
 /// The prequential loss series (each example's loss before it was learned) over a version range,
-/// the drift events in it, and the model's status.
+/// the drift events in it, the model's status, and its challengers compared with it.
 #[utoipa::path(
     get,
     path = "/v1/models/{model}/metrics",
@@ -95,6 +102,7 @@ async fn model_metrics(
     }
     let series = version::loss_series(&state.pool, model.model_id, from, to, window).await?;
     let drifts = monitor::drift_events(&state.pool, model.model_id, from, to).await?;
+    let challengers = compare::compare(&state.pool, model.model_id, model.kind).await?;
     Ok(Json(json!({
         "model_id": model.model_id,
         "version": model.version,
@@ -104,6 +112,7 @@ async fn model_metrics(
         "window": window,
         "loss": series,
         "drift_events": drifts,
+        "challengers": challengers,
     })))
 }
 

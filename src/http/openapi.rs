@@ -36,6 +36,8 @@ use crate::learner::LearnerConfig;
         (name = "models", description = "Create, list and show models"),
         (name = "feedback", description = "Labels (and features) to learn from"),
         (name = "serving", description = "Predictions from the in-memory model"),
+        (name = "challengers", description = "Shadow models: challengers that learn a model's \
+                                              feedback, compared on it, and promoted"),
         (name = "operations", description = "Health, metrics and this document"),
     )
 )]
@@ -107,6 +109,18 @@ impl ToSchema for LearnerConfigDoc {
     }
 }
 
+/// Automatic snapshots: after every `every_versions` versions and/or every `every_minutes`
+/// minutes (counted from the newest snapshot), keeping the newest `keep` automatic ones. Null
+/// turns a part off; PUT replaces the whole policy.
+#[derive(ToSchema)]
+#[schema(as = SnapshotPolicy)]
+#[allow(dead_code)]
+pub struct SnapshotPolicyDoc {
+    every_versions: Option<i32>,
+    every_minutes: Option<i32>,
+    keep: Option<i32>,
+}
+
 /// A model as stored.
 #[derive(ToSchema)]
 #[schema(as = Model)]
@@ -137,6 +151,73 @@ pub struct ModelListDoc {
     models: Vec<ModelDoc>,
 }
 
+/// `GET /v1/models/{m}`: the model, its snapshot policy and its settings history.
+#[derive(ToSchema)]
+#[schema(as = ModelDetail)]
+#[allow(dead_code)]
+pub struct ModelDetailDoc {
+    #[schema(value_type = String, format = Uuid)]
+    model_id: uuid::Uuid,
+    name: String,
+    kind: ModelKindDoc,
+    settings: LearnerConfigDoc,
+    version: i64,
+    examples_seen: i64,
+    status: String,
+    status_reason: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    created_at: String,
+    #[schema(value_type = String, format = DateTime)]
+    updated_at: String,
+    snapshot_policy: SnapshotPolicyDoc,
+    /// Every change of the settings or snapshot policy, oldest first.
+    settings_changes: Vec<SettingsChangeDoc>,
+}
+
+/// One recorded change of a model's settings (`model_settings_changes`).
+#[derive(ToSchema)]
+#[schema(as = SettingsChange)]
+#[allow(dead_code)]
+pub struct SettingsChangeDoc {
+    change_id: i64,
+    /// The first version learned with the new settings (the model's version at the change + 1).
+    model_version: i64,
+    /// e.g. `learning_rate`, `drift.detector`, `snapshot_policy.keep`.
+    changed_fields: Vec<String>,
+    old_settings: LearnerConfigDoc,
+    new_settings: LearnerConfigDoc,
+    old_snapshot_policy: SnapshotPolicyDoc,
+    new_snapshot_policy: SnapshotPolicyDoc,
+    /// `token:NAME`, `cli` or `no-auth`.
+    changed_by: Option<String>,
+    #[schema(value_type = String, format = DateTime)]
+    changed_at: String,
+}
+
+/// `PATCH /v1/models/{m}`: the fields to change. `settings` may hold `learning_rate`,
+/// `lr_schedule`, `power_t`, `l1`, `l2`, `clip_gradient`, `drift` and `guard` (these two field by
+/// field); any other setting is refused with its name. `snapshot_policy` fields replace the
+/// stored ones (`null` turns that part off).
+#[derive(ToSchema)]
+#[schema(as = UpdateModel)]
+#[allow(dead_code)]
+pub struct UpdateModelDoc {
+    #[schema(value_type = Option<Object>)]
+    settings: Option<serde_json::Value>,
+    snapshot_policy: Option<SnapshotPolicyDoc>,
+}
+
+/// The answer of `PATCH /v1/models/{m}`.
+#[derive(ToSchema)]
+#[schema(as = Updated)]
+#[allow(dead_code)]
+pub struct UpdatedDoc {
+    model: ModelDoc,
+    snapshot_policy: SnapshotPolicyDoc,
+    /// The change recorded; null when every value given was already in force.
+    change: Option<SettingsChangeDoc>,
+}
+
 /// `POST /v1/models`.
 #[derive(ToSchema)]
 #[schema(as = CreateModel)]
@@ -165,9 +246,16 @@ pub struct FeedbackEventDoc {
     feedback_value: f64,
     /// The example's weight, in (0, 1]; default 1.
     confidence: Option<f64>,
-    /// Feature name -> number. Without features, the worker trains on the features logged by
-    /// the latest prediction for the same entity (delayed labels).
+    /// Feature name -> number. Without features, the worker trains on the features logged with
+    /// the prediction named by `prediction_id`, or else on those of the latest prediction for
+    /// the same entity (delayed labels).
     features: Option<HashMap<String, f64>>,
+    /// The `prediction_id` a predict answer returned: without features, the event trains on
+    /// exactly the features logged with that prediction (made with this `entity_id`). A label
+    /// that arrives before its prediction is logged waits for it up to the worker's label wait
+    /// (default 10 minutes), then is dead-lettered with the reason.
+    #[schema(value_type = Option<String>, format = Uuid)]
+    prediction_id: Option<uuid::Uuid>,
     #[schema(value_type = Option<Object>)]
     metadata: Option<serde_json::Value>,
     /// RFC 3339; default now.

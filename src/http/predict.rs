@@ -1,6 +1,7 @@
 //! POST /v1/models/{m}/predict: one instance or a batch, answered from the service's in-memory
-//! copy of the model (one version per request, named in the answer). With an `entity_id` the
-//! prediction is logged for delayed labels, off the request path.
+//! copy of the model (one version per request, named in the answer). Every prediction gets an
+//! id (`prediction_id`); with an `entity_id` the prediction is logged with it for delayed labels,
+//! off the request path. `version` or `snapshot` pins the version ([`crate::serving::cache`]).
 
 use std::collections::HashMap;
 
@@ -8,14 +9,16 @@ use axum::extract::rejection::BytesRejection;
 use axum::extract::{Path, State};
 use axum::Json;
 use bytes::Bytes;
+use chrono::Utc;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
+use uuid::Uuid;
 
 use super::openapi::ErrorBody;
 use super::{parse_json, ApiError, AppState};
-use crate::serving::{LogRecord, ServedModel};
+use crate::serving::{LogRecord, ServedModel, Serving};
 use crate::validation::{self, Invalid, RawFeatures};
 
 /// Instances per batch request.
@@ -49,6 +52,8 @@ struct PredictBody {
     #[serde(default)]
     explain: bool,
     instances: Option<Vec<InstanceBody>>,
+    version: Option<i64>,
+    snapshot: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -70,6 +75,11 @@ pub struct PredictOne {
     entity_id: Option<String>,
     /// Also return the number of unknown features and each feature's contribution.
     explain: Option<bool>,
+    /// Predict with this committed version instead of the newest (from memory when recent,
+    /// otherwise reconstructed from the database; 404 when it does not exist yet).
+    version: Option<i64>,
+    /// Predict with the version of this snapshot (its UUID or label; 404 when unknown).
+    snapshot: Option<String>,
 }
 
 /// One instance of a batch.
@@ -87,6 +97,10 @@ pub struct Instance {
 pub struct PredictBatch {
     instances: Vec<Instance>,
     explain: Option<bool>,
+    /// As for one instance: the whole batch at this version.
+    version: Option<i64>,
+    /// As for one instance: the whole batch at this snapshot's version.
+    snapshot: Option<String>,
 }
 
 /// The request: one instance or a batch.
@@ -115,6 +129,9 @@ pub struct Prediction {
     pub prediction: f64,
     /// The model version the prediction was made with.
     pub version: i64,
+    /// The prediction's id: a feedback event may name it (`prediction_id`) to train on exactly
+    /// the features logged with it (logged when the request gave an `entity_id`).
+    pub prediction_id: Uuid,
     /// With `explain`: features of the request the model has no weight for (they counted as
     /// zero).
     #[serde(skip_serializing_if = "Option::is_none")]
@@ -130,6 +147,8 @@ pub struct Prediction {
 pub struct BatchPrediction {
     pub predictions: Vec<f64>,
     pub version: i64,
+    /// Each prediction's id, in request order (see [`Prediction::prediction_id`]).
+    pub prediction_ids: Vec<Uuid>,
     /// With `explain`: one entry per instance.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub explanations: Option<Vec<Explanation>>,
@@ -161,6 +180,23 @@ fn explain(served: &ServedModel, features: &[(String, f64)]) -> Explanation {
     }
 }
 
+/// The model to predict with: the newest version, or the one `version` or `snapshot` pins.
+async fn served(
+    serving: &Serving,
+    model: &str,
+    version: Option<i64>,
+    snapshot: Option<&str>,
+) -> Result<std::sync::Arc<ServedModel>, ApiError> {
+    match (version, snapshot) {
+        (None, None) => Ok(serving.cache.get(model).await?),
+        (Some(v), None) => Ok(serving.cache.get_version(model, v).await?),
+        (None, Some(s)) => Ok(serving.cache.get_snapshot(model, s).await?),
+        (Some(_), Some(_)) => Err(ApiError::bad_request(
+            "give either version or snapshot, not both",
+        )),
+    }
+}
+
 /// Predicts with the model's in-memory copy at one version.
 #[utoipa::path(
     post,
@@ -171,7 +207,8 @@ fn explain(served: &ServedModel, features: &[(String, f64)]) -> Explanation {
     responses(
         (status = 200, description = "The prediction(s) and the version they came from", body = PredictResponse),
         (status = 400, description = "Invalid request body", body = ErrorBody),
-        (status = 404, description = "No such model", body = ErrorBody),
+        (status = 404, description = "No such model, or no such version or snapshot", body = ErrorBody),
+        (status = 410, description = "The pinned version's history was pruned", body = ErrorBody),
         (status = 413, description = "Body too large", body = ErrorBody),
         (status = 503, description = "The request took too long", body = ErrorBody),
     )
@@ -183,14 +220,16 @@ async fn predict(
 ) -> Result<Json<PredictResponse>, ApiError> {
     let body: PredictBody = parse_json(body)?;
     let serving = &state.serving;
+    let pin = (body.version, body.snapshot.as_deref());
     match (body.features, body.instances) {
         (Some(features), None) => {
             let features = Features::check(features, "features")?;
             check_entity(&body.entity_id, "entity_id")?;
-            let served = serving.cache.get(&model).await?;
+            let served = served(serving, &model, pin.0, pin.1).await?;
             let prediction = served.learner.predict(&features.0);
             let explanation = body.explain.then(|| explain(&served, &features.0));
             served.predictions.inc();
+            let prediction_id = Uuid::new_v4();
             if let Some(entity_id) = body.entity_id {
                 serving.log.offer(LogRecord {
                     model_id: served.model_id,
@@ -198,6 +237,8 @@ async fn predict(
                     features: features.0,
                     prediction,
                     version: served.version,
+                    prediction_id,
+                    predicted_at: Utc::now(),
                 });
             }
             let (unknown_features, contributions) = match explanation {
@@ -207,6 +248,7 @@ async fn predict(
             Ok(Json(PredictResponse::One(Prediction {
                 prediction,
                 version: served.version,
+                prediction_id,
                 unknown_features,
                 contributions,
             })))
@@ -242,12 +284,19 @@ async fn predict(
                     })
                 })
                 .collect::<Result<Vec<Instance>, ApiError>>()?;
-            let served = serving.cache.get(&model).await?;
+            let served = served(serving, &model, pin.0, pin.1).await?;
             let mut predictions = Vec::with_capacity(instances.len());
+            let mut prediction_ids = Vec::with_capacity(instances.len());
+            let predicted_at = Utc::now();
+            // One random id for the batch, told apart per instance in its low (node) bits, which
+            // leaves a valid v4 UUID: one call to the system's random source per request.
+            let base = Uuid::new_v4().as_u128();
             let mut explanations = body.explain.then(|| Vec::with_capacity(instances.len()));
-            for instance in instances {
+            for (i, instance) in instances.into_iter().enumerate() {
                 let p = served.learner.predict(&instance.features.0);
+                let prediction_id = Uuid::from_u128(base ^ i as u128);
                 predictions.push(p);
+                prediction_ids.push(prediction_id);
                 if let Some(list) = explanations.as_mut() {
                     list.push(explain(&served, &instance.features.0));
                 }
@@ -258,6 +307,8 @@ async fn predict(
                         features: instance.features.0,
                         prediction: p,
                         version: served.version,
+                        prediction_id,
+                        predicted_at,
                     });
                 }
             }
@@ -265,6 +316,7 @@ async fn predict(
             Ok(Json(PredictResponse::Batch(BatchPrediction {
                 predictions,
                 version: served.version,
+                prediction_ids,
                 explanations,
             })))
         }

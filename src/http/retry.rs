@@ -41,6 +41,29 @@ impl MaybeTransient for TimelineError {
     }
 }
 
+impl MaybeTransient for crate::settings::SettingsError {
+    fn is_transient(&self) -> bool {
+        match self {
+            crate::settings::SettingsError::Db(e) => e.is_transient(),
+            crate::settings::SettingsError::Model(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
+impl MaybeTransient for crate::shadow::ShadowError {
+    fn is_transient(&self) -> bool {
+        use crate::shadow::ShadowError;
+        match self {
+            ShadowError::Db(e) => e.is_transient(),
+            ShadowError::Model(e) => e.is_transient(),
+            ShadowError::Settings(e) => e.is_transient(),
+            ShadowError::Timeline(e) => e.is_transient(),
+            _ => false,
+        }
+    }
+}
+
 /// Runs `attempt` (one whole transaction) until it succeeds, fails for another reason, or has
 /// been tried [`ATTEMPTS`] times; waits a little longer (with jitter) before each retry.
 pub async fn transient<T, E, F, Fut>(what: &str, mut attempt: F) -> Result<T, E>

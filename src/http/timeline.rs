@@ -18,7 +18,7 @@ use utoipa::ToSchema;
 use utoipa_axum::router::OpenApiRouter;
 use utoipa_axum::routes;
 
-use super::openapi::ErrorBody;
+use super::openapi::{ErrorBody, SnapshotPolicyDoc};
 use super::{parse_json, retry, ApiError, AppState};
 use crate::models;
 use crate::timeline::error::TimelineError;
@@ -80,18 +80,6 @@ pub struct CreateSnapshotDoc {
 #[allow(dead_code)]
 pub struct DeletedSnapshotDoc {
     deleted: SnapshotDoc,
-}
-
-/// Automatic snapshots: after every `every_versions` versions and/or every `every_minutes`
-/// minutes (counted from the newest snapshot), keeping the newest `keep` automatic ones. Null
-/// turns a part off; PUT replaces the whole policy.
-#[derive(ToSchema)]
-#[schema(as = SnapshotPolicy)]
-#[allow(dead_code)]
-pub struct SnapshotPolicyDoc {
-    every_versions: Option<i32>,
-    every_minutes: Option<i32>,
-    keep: Option<i32>,
 }
 
 /// `POST /v1/models/{model}/rollback`: exactly one of the two.
@@ -399,14 +387,22 @@ async fn show_policy(
 async fn set_policy(
     State(state): State<AppState>,
     Path(model): Path<String>,
+    principal: Option<axum::Extension<std::sync::Arc<crate::auth::Principal>>>,
     body: Result<Bytes, BytesRejection>,
 ) -> Result<Json<SnapshotPolicy>, ApiError> {
     let policy: SnapshotPolicy = parse_json(body)?;
+    policy.validate()?;
     let model_id = models::resolve_id(&state.pool, &model).await?;
-    let (pool, policy) = (&state.pool, &policy);
+    // Recorded in the model's settings history like a PATCH of its snapshot_policy.
+    let changed_by = crate::auth::changed_by(principal.as_ref().map(|p| p.0.as_ref()));
+    let (pool, policy, changed_by) = (&state.pool, &policy, changed_by.as_str());
     Ok(Json(
         retry::transient("set snapshot policy", || async move {
-            snapshots::set_policy(pool, model_id, policy).await
+            let mut tx = pool.begin().await?;
+            let set =
+                crate::settings::set_snapshot_policy(&mut tx, model_id, policy, changed_by).await?;
+            tx.commit().await?;
+            Ok::<_, crate::settings::SettingsError>(set)
         })
         .await?,
     ))

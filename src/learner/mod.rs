@@ -23,10 +23,11 @@ use std::collections::HashMap;
 
 pub use config::{
     GuardConfig, LearnerConfig, LrSchedule, ModelKind, OptimizerKind, ParseEnumError,
+    AUTO_LOSS_HALF_LIFE, AUTO_RATE_FACTORS,
 };
 pub use error::ConfigError;
 pub use example::{validate_label, Example, ExampleError};
-pub use optimizer::{contribution, standardized_value, GRAD_MAX, TERM_MAX, VALUE_MAX};
+pub use optimizer::{contribution, slot, standardized_value, GRAD_MAX, TERM_MAX, VALUE_MAX};
 
 use optimizer::sat;
 use serde::{Deserialize, Serialize};
@@ -89,6 +90,8 @@ pub struct Learner {
     /// Set when a `reset` adaptation reset the parameters held in `params`: a caller holding
     /// only some of the model's parameters must reset the others too ([`reset_state`]).
     pub reset_happened: bool,
+    /// The `auto` race's ranking (unused by the other optimizers); persisted with `drift`.
+    pub race: RaceState,
 }
 
 /// The model-level learner state besides the parameters, persisted with the model.
@@ -96,6 +99,57 @@ pub struct Learner {
 #[serde(default)]
 pub struct ModelState {
     pub drift: drift::DriftState,
+    /// Absent from the state of models stored before the `auto` optimizer: all zero, which
+    /// makes the base rate the leader.
+    pub race: RaceState,
+}
+
+/// The ranking of the [`OptimizerKind::Auto`] race: each candidate's prequential loss (measured
+/// before it learned the example, by [`race_loss`]), exponentially decayed with a half-life of
+/// [`AUTO_LOSS_HALF_LIFE`] examples. The leader, which the model predicts with, is the candidate
+/// with the lowest; ties go to the lower index, so a new model starts with the base rate.
+#[derive(Debug, Clone, Copy, PartialEq, Default, Serialize, Deserialize)]
+#[serde(default)]
+pub struct RaceState {
+    pub losses: [f64; 3],
+}
+
+/// Each loss enters the race clamped to this, so the decayed sums stay finite.
+const RACE_LOSS_MAX: f64 = 1e100;
+
+impl RaceState {
+    /// The index of the candidate with the lowest decayed loss (the first of equals).
+    pub fn leader(&self) -> usize {
+        let mut best = 0;
+        for k in 1..self.losses.len() {
+            if self.losses[k] < self.losses[best] {
+                best = k;
+            }
+        }
+        best
+    }
+
+    /// Adds one example's loss of each candidate.
+    fn observe(&mut self, losses: [f64; 3]) {
+        let keep = (-1.0 / AUTO_LOSS_HALF_LIFE).exp2();
+        for (decayed, l) in self.losses.iter_mut().zip(losses) {
+            let l = if l.is_nan() {
+                RACE_LOSS_MAX
+            } else {
+                l.clamp(0.0, RACE_LOSS_MAX)
+            };
+            *decayed = keep * *decayed + (1.0 - keep) * l;
+        }
+    }
+
+    /// Every loss finite and >= 0 (a bad stored value reads as 0), so its JSON reads back.
+    pub fn sanitized(&self) -> RaceState {
+        RaceState {
+            losses: self
+                .losses
+                .map(|l| if l.is_finite() && l > 0.0 { l } else { 0.0 }),
+        }
+    }
 }
 
 /// Resets one parameter's optimizer accumulators (the `reset` drift adaptation), keeping its
@@ -103,7 +157,8 @@ pub struct ModelState {
 /// weight stays what it was. SGD has nothing to reset.
 pub fn reset_state(config: &LearnerConfig, state: &mut ParamState, is_intercept: bool) {
     match config.optimizer {
-        OptimizerKind::Sgd => {}
+        // The race's `m` and `v` are weights: nothing to reset either.
+        OptimizerKind::Sgd | OptimizerKind::Auto => {}
         OptimizerKind::Adagrad | OptimizerKind::Rmsprop => state.v = 0.0,
         OptimizerKind::Adam => {
             state.m = 0.0;
@@ -157,6 +212,19 @@ pub fn loss(kind: ModelKind, prediction: f64, label: f64) -> f64 {
     }
 }
 
+/// What the `auto` race ranks its candidates by: the absolute error for linear models, the log
+/// loss for logistic ones. Not the squared error: two candidates' squared errors differ by
+/// `(p1 - p2)(p1 + p2 - 2y)`, so one wild label would decide the race for hundreds of examples
+/// (measured: a label 20 standard deviations off left the best candidate behind for 500 rows);
+/// absolute errors (and log losses, through the margins) differ by at most the candidates'
+/// own disagreement, whatever the label.
+pub fn race_loss(kind: ModelKind, prediction: f64, label: f64) -> f64 {
+    match kind {
+        ModelKind::Linear => sat(prediction - label, f64::MAX).abs(),
+        ModelKind::Logistic => loss(kind, prediction, label),
+    }
+}
+
 /// Whether a feature slice is in the canonical order: strictly sorted by name (a slice with a
 /// repeated name takes the slow path, which also orders equal names by value).
 #[inline]
@@ -176,6 +244,15 @@ impl Learner {
             drift: drift::DriftState::default(),
             drift_events: Vec::new(),
             reset_happened: false,
+            race: RaceState::default(),
+        }
+    }
+
+    /// The candidate the model predicts with: the `auto` race's leader, else slot 0 (`value`).
+    pub fn leader(&self) -> usize {
+        match self.config.optimizer {
+            OptimizerKind::Auto => self.race.leader(),
+            _ => 0,
         }
     }
 
@@ -184,9 +261,13 @@ impl Learner {
         self.params.get(name).copied().unwrap_or_default()
     }
 
-    /// The intercept's value.
+    /// The intercept's value (of the candidate the model predicts with).
     pub fn intercept(&self) -> f64 {
-        self.params.get(INTERCEPT).map_or(0.0, |s| s.value)
+        self.intercept_of(self.leader())
+    }
+
+    fn intercept_of(&self, k: usize) -> f64 {
+        self.params.get(INTERCEPT).map_or(0.0, |s| slot(s, k))
     }
 
     /// The input `x'` a feature with raw value `x` enters the model with (standardized when
@@ -198,14 +279,15 @@ impl Learner {
         }
     }
 
-    /// The contribution `w * x'` of one feature (0 for an unknown feature).
+    /// The contribution `w * x'` of one feature with candidate `k`'s weight (0 for an unknown
+    /// feature).
     #[inline]
-    fn term(&self, name: &str, x: f64) -> f64 {
+    fn term(&self, name: &str, x: f64, k: usize) -> f64 {
         if name == INTERCEPT {
             return 0.0;
         }
         match self.params.get(name) {
-            Some(s) => contribution(s.value, optimizer::input_value(&self.config, x, s)),
+            Some(s) => contribution(slot(s, k), optimizer::input_value(&self.config, x, s)),
             None => 0.0,
         }
     }
@@ -216,16 +298,21 @@ impl Learner {
     /// result is bit-identical to the learner's own; it allocates only when `features` is not
     /// already sorted by name (an [`Example`]'s features are).
     pub fn margin(&self, features: &[(String, f64)]) -> f64 {
-        let mut sum = sat(self.intercept(), VALUE_MAX);
+        self.margin_of(features, self.leader())
+    }
+
+    /// [`Learner::margin`] with candidate `k`'s weights.
+    fn margin_of(&self, features: &[(String, f64)], k: usize) -> f64 {
+        let mut sum = sat(self.intercept_of(k), VALUE_MAX);
         if is_sorted_by_name(features) {
             for (name, x) in features {
-                sum += self.term(name, *x);
+                sum += self.term(name, *x, k);
             }
         } else {
             let mut sorted: Vec<&(String, f64)> = features.iter().collect();
             sorted.sort_unstable_by(|a, b| a.0.cmp(&b.0).then(a.1.total_cmp(&b.1)));
             for (name, x) in sorted {
-                sum += self.term(name, *x);
+                sum += self.term(name, *x, k);
             }
         }
         sat(sum, TERM_MAX)
@@ -251,9 +338,10 @@ impl Learner {
     /// the margin.
     pub fn contributions(&self, features: &[(String, f64)]) -> Vec<(String, f64)> {
         let mut out = Vec::with_capacity(features.len() + 1);
+        let k = self.leader();
         for (name, x) in features {
             if name != INTERCEPT {
-                out.push((name.clone(), self.term(name, *x)));
+                out.push((name.clone(), self.term(name, *x, k)));
             }
         }
         out.push((INTERCEPT.to_string(), sat(self.intercept(), VALUE_MAX)));
@@ -283,11 +371,13 @@ impl Learner {
     pub fn model_state(&self) -> ModelState {
         ModelState {
             drift: self.drift.sanitized(),
+            race: self.race.sanitized(),
         }
     }
 
     pub fn restore_model_state(&mut self, state: ModelState) {
         self.drift = state.drift;
+        self.race = state.race;
     }
 
     /// Drifts detected since the last call.
@@ -335,6 +425,7 @@ impl Learner {
             });
         }
         let features = example.features();
+        let leader = self.leader();
         let prediction = self.predict(features);
         let step_loss = loss(self.kind, prediction, example.label);
         // Drift is judged on the loss before learning; an adaptation applies from this example.
@@ -364,12 +455,17 @@ impl Learner {
             });
         }
         let lr = self.effective_learning_rate();
-        let residual = sat(example.weight * (prediction - example.label), GRAD_MAX);
-        let (lr_intercept, lr_weights) = self.step_rates(lr, features, example.weight);
-
-        self.update(INTERCEPT, None, residual, lr_intercept);
-        for (name, x) in features {
-            self.update(name, Some(*x), residual, lr_weights);
+        let mut step_rate = lr;
+        if self.config.optimizer == OptimizerKind::Auto {
+            self.learn_race(example, lr);
+            step_rate = lr * AUTO_RATE_FACTORS[leader];
+        } else {
+            let residual = sat(example.weight * (prediction - example.label), GRAD_MAX);
+            let (lr_intercept, lr_weights) = self.step_rates(lr, features, example.weight);
+            self.update(INTERCEPT, None, residual, lr_intercept);
+            for (name, x) in features {
+                self.update(name, Some(*x), residual, lr_weights);
+            }
         }
         if self.config.center_target && self.kind == ModelKind::Linear {
             self.follow_target_mean(example.label);
@@ -379,8 +475,30 @@ impl Learner {
         Ok(Step {
             prediction,
             loss: step_loss,
-            learning_rate: lr,
+            learning_rate: step_rate,
         })
+    }
+
+    /// The `auto` race's update: every candidate predicts with its own weights, learns the
+    /// example at its own rate (`lr` times its factor, with the safe step and intercept boost
+    /// of SGD) from its own residual, and its loss enters the ranking.
+    fn learn_race(&mut self, example: &Example, lr: f64) {
+        let features = example.features();
+        let predictions = [0, 1, 2].map(|k| self.link(self.margin_of(features, k)));
+        let residuals = predictions.map(|p| sat(example.weight * (p - example.label), GRAD_MAX));
+        let rates = AUTO_RATE_FACTORS.map(|f| self.step_rates(lr * f, features, example.weight));
+        let (intercept_rates, weight_rates) = (rates.map(|r| r.0), rates.map(|r| r.1));
+        self.update_race(INTERCEPT, None, residuals, intercept_rates);
+        for (name, x) in features {
+            self.update_race(name, Some(*x), residuals, weight_rates);
+        }
+        self.race
+            .observe(predictions.map(|p| race_loss(self.kind, p, example.label)));
+    }
+
+    fn update_race(&mut self, name: &str, x: Option<f64>, residuals: [f64; 3], lrs: [f64; 3]) {
+        let state = self.params.entry(name.to_owned()).or_default();
+        optimizer::step_param_race(&self.config, lrs, state, x, residuals);
     }
 
     /// The rates of this step for the intercept and for the weights, from the base rate `lr`:
@@ -395,7 +513,8 @@ impl Learner {
             let decay = (-t / c.intercept_boost_half_life).exp2();
             lr_intercept = lr * (1.0 + (c.intercept_boost - 1.0) * decay);
         }
-        if !(c.safe_step && c.optimizer == OptimizerKind::Sgd) {
+        let sgd = matches!(c.optimizer, OptimizerKind::Sgd | OptimizerKind::Auto);
+        if !(c.safe_step && sgd) {
             return (lr_intercept, lr);
         }
         // A feature named like the intercept is ignored by the margin, and so here.
@@ -434,12 +553,21 @@ impl Learner {
         let t = state.count.max(1);
         let old_mean = if t == 1 { 0.0 } else { state.mean };
         optimizer::welford(state, label, t);
-        if t == 1 {
-            // The first label is the best guess of the level there is.
-            state.value = sat(label, VALUE_MAX);
+        // The `auto` race's candidates all follow the mean; the others have one weight.
+        let candidates = if self.config.optimizer == OptimizerKind::Auto {
+            3
         } else {
-            let moved = sat(state.mean - old_mean, f64::MAX);
-            state.value = sat(state.value + moved, VALUE_MAX);
+            1
+        };
+        let moved = sat(state.mean - old_mean, f64::MAX);
+        for k in 0..candidates {
+            let value = optimizer::slot_mut(state, k);
+            if t == 1 {
+                // The first label is the best guess of the level there is.
+                *value = sat(label, VALUE_MAX);
+            } else {
+                *value = sat(*value + moved, VALUE_MAX);
+            }
         }
     }
 
@@ -477,8 +605,10 @@ mod tests {
     fn new_default_steps_by_hand() {
         let close = |a: f64, b: f64| (a - b).abs() < 1e-12;
         let cfg = LearnerConfig {
+            optimizer: OptimizerKind::Sgd,
             learning_rate: 0.1,
             standardize: false,
+            intercept_boost: 10.0,
             ..LearnerConfig::default()
         };
         // Linear, first example: the safe step bounds the reach (1 + 0.1 * 10) * 1 = 2 to 1,
@@ -513,6 +643,113 @@ mod tests {
         assert!(close(l.param(INTERCEPT).value, 1.0 * scale * 0.5));
         assert!(close(l.param("a").value, 0.1 * scale * 0.5 * 30.0));
         assert_eq!(l.param(INTERCEPT).mean, 0.0);
+    }
+
+    /// A stream with a concept that flips halfway, features on different scales, some absent.
+    fn flipping_stream(kind: ModelKind, n: usize) -> Vec<Example> {
+        (0..n)
+            .map(|i| {
+                let a = ((i * 37 % 101) as f64 - 50.0) / 10.0;
+                let b = ((i * 53 % 97) as f64) * 100.0;
+                let sign = if i < n / 2 { 1.0 } else { -1.0 };
+                let z = sign * (a - (b - 4800.0) / 2000.0) + 0.3 * ((i * 17 % 13) as f64 - 6.0);
+                let label = match kind {
+                    ModelKind::Linear => 40.0 + z,
+                    ModelKind::Logistic => f64::from(u8::from(z > 0.0)),
+                };
+                let mut features = vec![("a".to_string(), a), ("b".to_string(), b)];
+                if i % 3 == 0 {
+                    features.push(("c".to_string(), 1.0));
+                }
+                Example::new(features, label, 1.0 + (i % 2) as f64 * 0.5).unwrap()
+            })
+            .collect()
+    }
+
+    #[test]
+    fn auto_candidates_are_sgd_at_their_rates_and_the_leader_predicts() {
+        for kind in [ModelKind::Linear, ModelKind::Logistic] {
+            let mut cfg = LearnerConfig {
+                optimizer: OptimizerKind::Auto,
+                l2: 1e-3,
+                ..LearnerConfig::default()
+            };
+            // Without drift boosts (driven by the leader's loss) each candidate is exactly SGD.
+            cfg.drift.detector = drift::DetectorKind::None;
+            let mut auto = Learner::new(kind, cfg.clone());
+            let mut sgd: Vec<Learner> = AUTO_RATE_FACTORS
+                .iter()
+                .map(|f| {
+                    let c = LearnerConfig {
+                        optimizer: OptimizerKind::Sgd,
+                        learning_rate: cfg.learning_rate * f,
+                        ..cfg.clone()
+                    };
+                    Learner::new(kind, c)
+                })
+                .collect();
+            let keep = 0.5f64.powf(1.0 / AUTO_LOSS_HALF_LIFE);
+            let mut losses = [0.0f64; 3];
+            let mut leaders = [0usize; 3];
+            for e in flipping_stream(kind, 3000) {
+                let expected_leader =
+                    (0..3).fold(0, |b, k| if losses[k] < losses[b] { k } else { b });
+                assert_eq!(auto.leader(), expected_leader);
+                leaders[expected_leader] += 1;
+                let predictions: Vec<f64> = sgd.iter().map(|l| l.predict(e.features())).collect();
+                let step = auto.learn(&e);
+                assert_eq!(
+                    step.prediction.to_bits(),
+                    predictions[expected_leader].to_bits()
+                );
+                assert_eq!(
+                    step.learning_rate,
+                    cfg.learning_rate * AUTO_RATE_FACTORS[expected_leader]
+                );
+                for (k, l) in sgd.iter_mut().enumerate() {
+                    let s = l.learn(&e);
+                    let race = race_loss(kind, s.prediction, e.label);
+                    losses[k] = keep * losses[k] + (1.0 - keep) * race;
+                }
+                for (name, state) in &auto.params {
+                    for (k, l) in sgd.iter().enumerate() {
+                        let want = l.param(name);
+                        assert_eq!(slot(state, k).to_bits(), want.value.to_bits(), "{name} {k}");
+                        assert_eq!(
+                            (state.count, state.mean.to_bits(), state.m2.to_bits()),
+                            (want.count, want.mean.to_bits(), want.m2.to_bits())
+                        );
+                    }
+                }
+                assert_eq!(auto.race.losses, losses);
+            }
+            // The race did change hands on this stream (it flips halfway).
+            assert!(
+                leaders.iter().filter(|&&n| n > 0).count() >= 2,
+                "{kind}: {leaders:?}"
+            );
+            // The state round-trips through its JSON (as the worker stores it).
+            let json = serde_json::to_value(auto.model_state()).unwrap();
+            let back: ModelState = serde_json::from_value(json).unwrap();
+            assert_eq!(back.race, auto.race);
+        }
+    }
+
+    #[test]
+    fn race_ranking_is_stable_and_sanitized() {
+        let mut r = RaceState::default();
+        assert_eq!(r.leader(), 0, "ties go to the base rate");
+        r.observe([1.0, 0.5, 2.0]);
+        assert_eq!(r.leader(), 1);
+        r.observe([f64::NAN, f64::INFINITY, 0.0]);
+        assert!(r.losses.iter().all(|l| l.is_finite()));
+        let bad = RaceState {
+            losses: [f64::NAN, -1.0, f64::INFINITY],
+        };
+        assert_eq!(bad.sanitized().losses, [0.0; 3]);
+        // A stored state from before the race reads as all zero.
+        let old: ModelState = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!(old.race, RaceState::default());
     }
 
     #[test]

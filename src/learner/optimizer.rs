@@ -9,6 +9,7 @@
 //! NaN becomes 0 (no move) and infinities become the bound of its kind below. The bounds are far
 //! beyond any meaningful value, so they change nothing in normal use.
 
+use super::config::AUTO_RATE_FACTORS;
 use super::{LearnerConfig, OptimizerKind, ParamState};
 
 /// Bound of a parameter value (weight or intercept).
@@ -118,6 +119,9 @@ pub fn contribution(weight: f64, x_prime: f64) -> f64 {
 /// its closed form), clipped to `[-c, c]` when `clip_gradient > 0`; the optimizer step; then the
 /// Welford update of `(count, mean, m2)` with the raw `x` (when standardizing); `count` is
 /// incremented in every case (Adam's bias correction uses the new count).
+///
+/// `auto` goes through [`step_param_race`], every candidate with this same residual (the learner
+/// gives each candidate its own residual; this form serves callers with a single one).
 pub fn step_param(
     cfg: &LearnerConfig,
     lr: f64,
@@ -125,6 +129,10 @@ pub fn step_param(
     x: Option<f64>,
     residual: f64,
 ) {
+    if cfg.optimizer == OptimizerKind::Auto {
+        let lrs = AUTO_RATE_FACTORS.map(|f| lr * f);
+        return step_param_race(cfg, lrs, state, x, [residual; 3]);
+    }
     let is_feature = x.is_some();
     let x_prime = match x {
         Some(x) => input_value(cfg, x, state),
@@ -142,7 +150,8 @@ pub fn step_param(
     let t = state.count.max(0).saturating_add(1);
 
     match cfg.optimizer {
-        OptimizerKind::Sgd => {
+        // `auto` returned above.
+        OptimizerKind::Sgd | OptimizerKind::Auto => {
             move_value(state, lr * g);
         }
         OptimizerKind::Adagrad => {
@@ -186,6 +195,63 @@ pub fn step_param(
         }
     }
 
+    if let Some(x) = x {
+        if cfg.standardize {
+            welford(state, x, t);
+        }
+    }
+    state.count = t;
+}
+
+/// The weight of candidate `k` of the `auto` race: slot 0 is `value`, 1 is `m`, 2 is `v`. For
+/// every other optimizer only slot 0 is a weight.
+#[inline]
+pub fn slot(state: &ParamState, k: usize) -> f64 {
+    match k {
+        1 => state.m,
+        2 => state.v,
+        _ => state.value,
+    }
+}
+
+#[inline]
+pub(super) fn slot_mut(state: &mut ParamState, k: usize) -> &mut f64 {
+    match k {
+        1 => &mut state.m,
+        2 => &mut state.v,
+        _ => &mut state.value,
+    }
+}
+
+/// The `auto` race's step of one parameter: candidate `k` (its weight in [`slot`] `k`) takes a
+/// plain SGD step at rate `lrs[k]` with its own residual `residuals[k]`, with L2 and clipping
+/// as in [`step_param`]; `x'` comes from the shared statistics before the example, which are
+/// then updated once.
+pub fn step_param_race(
+    cfg: &LearnerConfig,
+    lrs: [f64; 3],
+    state: &mut ParamState,
+    x: Option<f64>,
+    residuals: [f64; 3],
+) {
+    let x_prime = match x {
+        Some(x) => input_value(cfg, x, state),
+        None => 1.0,
+    };
+    for k in 0..3 {
+        let w = slot(state, k);
+        let mut g = residuals[k] * x_prime;
+        if x.is_some() && cfg.l2 > 0.0 {
+            g += cfg.l2 * w;
+        }
+        g = sat(g, GRAD_MAX);
+        if cfg.clip_gradient > 0.0 {
+            g = g.clamp(-cfg.clip_gradient, cfg.clip_gradient);
+        }
+        let step = sat(lrs[k] * g, f64::MAX);
+        *slot_mut(state, k) = sat(w - step, VALUE_MAX);
+    }
+    let t = state.count.max(0).saturating_add(1);
     if let Some(x) = x {
         if cfg.standardize {
             welford(state, x, t);

@@ -11,10 +11,16 @@
 //! is newer than the cached version are read and applied to a copy of the cached map. It falls
 //! back to a full load when a version in between is not a plain learned batch (a rollback or any
 //! other kind), or when the model's kind or settings changed.
+//!
+//! Pinned predictions (`version` or `snapshot` in the request): each model's slot also keeps
+//! its [`RECENT_VERSIONS`] most recent other versions (those it served before a refresh replaced
+//! them, and those loaded for a pinned request), so a prediction at a recent version is answered
+//! from memory; any other reachable version is reconstructed once from the database
+//! ([`crate::timeline::reconstruct::parameters_at`]) and then kept among the recent ones.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
-use std::sync::{Arc, RwLock};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use arc_swap::ArcSwap;
@@ -26,7 +32,14 @@ use crate::learner::{Learner, ParamState};
 use crate::metrics;
 use crate::models::{self, Model, ModelError};
 use crate::params;
+use crate::timeline::error::TimelineError;
+use crate::timeline::reconstruct::{self, At};
+use crate::timeline::snapshots::{self, Lock};
 use crate::timeline::version;
+
+/// Versions other than the current one that each model's slot keeps in memory for pinned
+/// predictions (each a full copy of the parameters: the memory cost).
+pub const RECENT_VERSIONS: usize = 4;
 
 /// Models with more parameters than this are copied and patched on the blocking thread pool, so
 /// a big reload does not hold up the async workers that answer predictions.
@@ -68,6 +81,32 @@ struct Slot {
     wanted: AtomicI64,
     /// Whether a background refresh of this slot is running.
     refreshing: AtomicBool,
+    /// Recent versions other than `current`, most recently used first (at most
+    /// [`RECENT_VERSIONS`]).
+    recent: Mutex<VecDeque<Arc<ServedModel>>>,
+}
+
+impl Slot {
+    /// Keeps `served` among the recent versions (moved to the front if already there).
+    fn remember(&self, served: Arc<ServedModel>) {
+        let mut recent = self.recent.lock().expect("recent lock");
+        recent.retain(|r| r.version != served.version);
+        recent.push_front(served);
+        recent.truncate(RECENT_VERSIONS);
+    }
+
+    /// The slot's copy of `version`, if it is the current one or a recent one.
+    fn at(&self, version: i64) -> Option<Arc<ServedModel>> {
+        let current = self.current.load_full();
+        if current.version == version {
+            return Some(current);
+        }
+        let mut recent = self.recent.lock().expect("recent lock");
+        let i = recent.iter().position(|r| r.version == version)?;
+        let hit = recent.remove(i).expect("found above");
+        recent.push_front(hit.clone());
+        Some(hit)
+    }
 }
 
 /// How a refresh went.
@@ -160,6 +199,92 @@ impl ModelCache {
         Ok(self.install(loaded, "full"))
     }
 
+    /// The model at a pinned committed version: from memory when the slot holds it (the current
+    /// or a recent version), otherwise reconstructed from the database in one snapshot and then
+    /// kept among the recent versions. Errors: no such model (404), a version beyond the current
+    /// one (404), a pruned version (410).
+    pub async fn get_version(
+        &self,
+        key: &str,
+        version: i64,
+    ) -> Result<Arc<ServedModel>, TimelineError> {
+        let current = self.get(key).await?;
+        let slot = self.slot(current.model_id);
+        if let Some(hit) = slot.as_ref().and_then(|s| s.at(version)) {
+            metrics::global()
+                .pinned_predictions
+                .with_label_values(&["memory"])
+                .inc();
+            return Ok(hit);
+        }
+        let loaded = Arc::new(self.load_version(current.model_id, version).await?);
+        metrics::global()
+            .pinned_predictions
+            .with_label_values(&["database"])
+            .inc();
+        if let Some(slot) = slot {
+            slot.remember(loaded.clone());
+        }
+        Ok(loaded)
+    }
+
+    /// The model at the version of one of its snapshots (by UUID or label): see
+    /// [`ModelCache::get_version`]. An unknown snapshot is a 404.
+    pub async fn get_snapshot(
+        &self,
+        key: &str,
+        snapshot: &str,
+    ) -> Result<Arc<ServedModel>, TimelineError> {
+        let model_id = self.resolve(key).await?;
+        let mut conn = self.pool.acquire().await?;
+        let found = snapshots::find(&mut conn, model_id, snapshot, Lock::None).await?;
+        drop(conn);
+        self.get_version(key, found.model_version).await
+    }
+
+    /// Reconstructs a committed version from the database (a point-in-time read), with the
+    /// example count and learner state recorded with it.
+    async fn load_version(
+        &self,
+        model_id: Uuid,
+        version: i64,
+    ) -> Result<ServedModel, TimelineError> {
+        let mut tx = self.pool.begin().await?;
+        let read = reconstruct::parameters_at(&mut tx, model_id, At::Version(version)).await?;
+        let mut model = find_by_id(&mut tx, model_id).await?;
+        // Version 0 has no row; retention may have deleted an old one (the parameters are
+        // still exact: the state recorded with a version does not change predictions).
+        let recorded: Option<(i64, Option<serde_json::Value>)> = sqlx::query_as(
+            "SELECT examples_seen, learner_state FROM model_versions
+             WHERE model_id = $1 AND model_version = $2",
+        )
+        .bind(model_id)
+        .bind(version)
+        .fetch_optional(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        let (examples_seen, state) = recorded.unwrap_or((0, None));
+        model.version = read.version;
+        model.examples_seen = examples_seen;
+        model.learner_state = state
+            .and_then(|s| serde_json::from_value(s).ok())
+            .unwrap_or_default();
+        let params = read
+            .parameters
+            .iter()
+            .map(|p| (p.parameter_id.clone(), p.state()))
+            .collect();
+        Ok(ServedModel::new(&model, params))
+    }
+
+    /// The versions a model's slot holds besides the current one, most recently used first.
+    pub fn recent_versions(&self, model_id: Uuid) -> Vec<i64> {
+        self.slot(model_id).map_or_else(Vec::new, |slot| {
+            let recent = slot.recent.lock().expect("recent lock");
+            recent.iter().map(|r| r.version).collect()
+        })
+    }
+
     /// Forgets a model (deleted from the database).
     pub fn evict(&self, model_id: Uuid) {
         if let Some(slot) = self.slots.write().expect("cache lock").remove(&model_id) {
@@ -186,11 +311,16 @@ impl ModelCache {
                 current: ArcSwap::new(loaded.clone()),
                 wanted: AtomicI64::new(loaded.version),
                 refreshing: AtomicBool::new(false),
+                recent: Mutex::new(VecDeque::new()),
             })
         });
         let current = slot.current.load_full();
         let winner = if Arc::ptr_eq(&current, &loaded) || current.version < loaded.version {
             slot.current.store(loaded.clone());
+            if !Arc::ptr_eq(&current, &loaded) {
+                // Still answers predictions pinned to it, from memory.
+                slot.remember(current);
+            }
             m.model_reloads
                 .with_label_values(&[&loaded.name, mode])
                 .inc();

@@ -8,7 +8,7 @@
 //!   notifications are lost, and every cached model is re-checked after the listener
 //!   reconnects (by itself, with backoff: [`crate::notify`]). The listener's connection carries
 //!   `application_name` [`LISTENER_APP_NAME`].
-//! - [`log`]: the prediction log writer (batched, off the request path).
+//! - [`log`]: the prediction log writers (batched binary COPY, off the request path).
 
 pub mod cache;
 pub mod log;
@@ -27,7 +27,7 @@ use crate::metrics;
 use crate::timeline::version::VERSION_CHANNEL;
 
 pub use cache::{ModelCache, Refresh, ServedModel};
-pub use log::{LogRecord, PredictionLog};
+pub use log::{LogConfig, LogCounts, LogMethod, LogRecord, PredictionLog};
 
 /// `application_name` of the serving cache's LISTEN connection (visible in pg_stat_activity).
 pub const LISTENER_APP_NAME: &str = "olps-serving-listener";
@@ -41,8 +41,12 @@ pub struct ServingConfig {
     pub listen: bool,
     /// Logged predictions that may wait in memory before new ones are dropped (and counted).
     pub log_capacity: usize,
-    /// Rows per prediction-log INSERT.
+    /// Rows per prediction-log batch (one COPY or INSERT).
     pub log_batch: usize,
+    /// Prediction-log writers (each entity always goes to the same one).
+    pub log_writers: usize,
+    /// How a prediction-log batch is written.
+    pub log_method: LogMethod,
 }
 
 impl Default for ServingConfig {
@@ -50,8 +54,10 @@ impl Default for ServingConfig {
         ServingConfig {
             version_check_interval: Duration::from_secs(1),
             listen: true,
-            log_capacity: 100_000,
-            log_batch: 2_000,
+            log_capacity: LogConfig::default().capacity,
+            log_batch: LogConfig::default().batch,
+            log_writers: LogConfig::default().writers,
+            log_method: LogConfig::default().method,
         }
     }
 }
@@ -84,7 +90,15 @@ impl Serving {
         }
         Arc::new(Serving {
             cache,
-            log: PredictionLog::start(pool, config.log_capacity, config.log_batch),
+            log: PredictionLog::start(
+                pool,
+                LogConfig {
+                    capacity: config.log_capacity,
+                    batch: config.log_batch,
+                    writers: config.log_writers,
+                    method: config.log_method,
+                },
+            ),
             stop,
             tasks: Mutex::new(tasks),
         })

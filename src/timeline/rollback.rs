@@ -62,6 +62,81 @@ pub struct RollbackOutcome {
     pub plan: &'static str,
 }
 
+/// Where [`restore_statement`] finds its values: the numbers of the statement's parameters
+/// (`$n`) holding the model, the new version, the history rows' `source` and `metadata`.
+pub(crate) struct RestoreParams {
+    pub model: u8,
+    pub version: u8,
+    pub source: u8,
+    pub metadata: u8,
+}
+
+/// The statement that makes a model's parameters those of a `target` CTE (one row per parameter
+/// now or then: `parameter_id`, `present` (at the target), `exists_now`, the target state
+/// `value, opt_m, opt_v, update_count, feature_mean, feature_m2` and the current one
+/// `cur_value, cur_m, cur_v, cur_count, cur_mean, cur_m2`) as a new version: only parameters
+/// whose state differs bit for bit are written, each with one history row of `update_type`; a
+/// parameter absent at the target is set to its initial state. Returns (parameters changed, of
+/// those zeroed). Rollback and promotion ([`crate::shadow::promote`]) share it.
+pub(crate) fn restore_statement(
+    target_sql: &str,
+    update_type: UpdateType,
+    p: RestoreParams,
+) -> String {
+    let RestoreParams {
+        model,
+        version,
+        source,
+        metadata,
+    } = p;
+    let update_type = update_type.as_str();
+    format!(
+        "WITH {target_sql},
+         diff AS (
+             SELECT t.parameter_id, t.present, t.exists_now, t.cur_value AS old_value, t.value,
+                    t.opt_m, t.opt_v, t.update_count, t.feature_mean, t.feature_m2
+             FROM target t
+             WHERE CASE WHEN NOT t.exists_now THEN t.present
+                        ELSE float8send(t.cur_value) <> float8send(t.value)
+                          OR float8send(t.cur_m) <> float8send(t.opt_m)
+                          OR float8send(t.cur_v) <> float8send(t.opt_v)
+                          OR t.cur_count <> t.update_count
+                          OR float8send(t.cur_mean) <> float8send(t.feature_mean)
+                          OR float8send(t.cur_m2) <> float8send(t.feature_m2) END
+         ),
+         updated AS (
+             UPDATE model_parameters p
+             SET current_value = d.value, opt_m = d.opt_m, opt_v = d.opt_v,
+                 update_count = d.update_count, feature_mean = d.feature_mean,
+                 feature_m2 = d.feature_m2, version = ${version}, last_updated = now()
+             FROM diff d
+             WHERE d.exists_now AND p.model_id = ${model} AND p.parameter_id = d.parameter_id
+         ),
+         inserted AS (
+             INSERT INTO model_parameters
+                 (model_id, parameter_id, current_value, opt_m, opt_v, update_count,
+                  feature_mean, feature_m2, version, last_updated)
+             SELECT ${model}, d.parameter_id, d.value, d.opt_m, d.opt_v, d.update_count,
+                    d.feature_mean, d.feature_m2, ${version}, now()
+             FROM diff d WHERE NOT d.exists_now
+         ),
+         history AS (
+             INSERT INTO parameter_updates
+                 (model_id, model_version, parameter_id, old_value, new_value, opt_m, opt_v,
+                  update_count, feature_mean, feature_m2, update_type, learning_rate, source,
+                  metadata)
+             SELECT ${model}, ${version}, d.parameter_id, d.old_value, d.value, d.opt_m, d.opt_v,
+                    d.update_count, d.feature_mean, d.feature_m2, '{update_type}', NULL,
+                    ${source}, jsonb_strip_nulls(${metadata})
+             FROM diff d
+             -- In index order: both indexes of parameter_updates then grow page by page.
+             ORDER BY d.parameter_id
+             RETURNING 1
+         )
+         SELECT (SELECT count(*) FROM history), (SELECT count(*) FROM diff WHERE NOT present)"
+    )
+}
+
 /// Rolls a model back (or forward) to a version or snapshot, as a new version, in the caller's
 /// transaction: it takes the model's lock, which the caller holds until it commits.
 pub async fn rollback(
@@ -151,60 +226,26 @@ async fn rollback_as(
         None => reconstruct::full_target(),
     };
     let metadata = serde_json::json!({"rolled_back_to": to, "snapshot_id": snapshot_id});
-    let (changed, zeroed): (i64, i64) = sqlx::query_as(&format!(
-        "WITH {target_sql},
-         diff AS (
-             SELECT t.parameter_id, t.present, t.exists_now, t.cur_value AS old_value, t.value,
-                    t.opt_m, t.opt_v, t.update_count, t.feature_mean, t.feature_m2
-             FROM target t
-             WHERE CASE WHEN NOT t.exists_now THEN t.present
-                        ELSE float8send(t.cur_value) <> float8send(t.value)
-                          OR float8send(t.cur_m) <> float8send(t.opt_m)
-                          OR float8send(t.cur_v) <> float8send(t.opt_v)
-                          OR t.cur_count <> t.update_count
-                          OR float8send(t.cur_mean) <> float8send(t.feature_mean)
-                          OR float8send(t.cur_m2) <> float8send(t.feature_m2) END
-         ),
-         updated AS (
-             UPDATE model_parameters p
-             SET current_value = d.value, opt_m = d.opt_m, opt_v = d.opt_v,
-                 update_count = d.update_count, feature_mean = d.feature_mean,
-                 feature_m2 = d.feature_m2, version = $5, last_updated = now()
-             FROM diff d
-             WHERE d.exists_now AND p.model_id = $1 AND p.parameter_id = d.parameter_id
-         ),
-         inserted AS (
-             INSERT INTO model_parameters
-                 (model_id, parameter_id, current_value, opt_m, opt_v, update_count,
-                  feature_mean, feature_m2, version, last_updated)
-             SELECT $1, d.parameter_id, d.value, d.opt_m, d.opt_v, d.update_count,
-                    d.feature_mean, d.feature_m2, $5, now()
-             FROM diff d WHERE NOT d.exists_now
-         ),
-         history AS (
-             INSERT INTO parameter_updates
-                 (model_id, model_version, parameter_id, old_value, new_value, opt_m, opt_v,
-                  update_count, feature_mean, feature_m2, update_type, learning_rate, source,
-                  metadata)
-             SELECT $1, $5, d.parameter_id, d.old_value, d.value, d.opt_m, d.opt_v,
-                    d.update_count, d.feature_mean, d.feature_m2, 'rollback', NULL, $6,
-                    jsonb_strip_nulls($7)
-             FROM diff d
-             -- In index order: both indexes of parameter_updates then grow page by page.
-             ORDER BY d.parameter_id
-             RETURNING 1
-         )
-         SELECT (SELECT count(*) FROM history), (SELECT count(*) FROM diff WHERE NOT present)"
-    ))
-    .bind(model_id)
-    .bind(to)
-    .bind(base.version)
-    .bind(base.snapshot_id)
-    .bind(version)
-    .bind(source)
-    .bind(&metadata)
-    .fetch_one(&mut *tx)
-    .await?;
+    let statement = restore_statement(
+        &target_sql,
+        UpdateType::Rollback,
+        RestoreParams {
+            model: 1,
+            version: 5,
+            source: 6,
+            metadata: 7,
+        },
+    );
+    let (changed, zeroed): (i64, i64) = sqlx::query_as(&statement)
+        .bind(model_id)
+        .bind(to)
+        .bind(base.version)
+        .bind(base.snapshot_id)
+        .bind(version)
+        .bind(source)
+        .bind(&metadata)
+        .fetch_one(&mut *tx)
+        .await?;
     let record = VersionRecord {
         kind: UpdateType::Rollback,
         parameters_changed: changed as i32,

@@ -20,6 +20,7 @@ use crate::citus::Topology;
 use crate::learner::{reset_state, Learner, ModelKind, ParamState, INTERCEPT};
 use crate::models::{self, ModelError, ModelStatus};
 use crate::params::{self, ParamChange, UpdateType};
+use crate::shadow::{self, feed::LearnedEvent};
 use crate::timeline::rollback::{self, RollbackTarget};
 use crate::timeline::snapshots::{self, SnapshotKind};
 use crate::timeline::version::{self, VersionRecord};
@@ -29,6 +30,11 @@ pub const FEEDBACK_CHANNEL: &str = "olps_feedback";
 
 /// `application_name` of the worker's LISTEN connection (visible in pg_stat_activity).
 pub const LISTENER_APP_NAME: &str = "olps-worker-listener";
+
+/// Default of [`WorkerConfig::citus_poll_interval`]: plain-SQL feedback on Citus is found within
+/// this (plus a batch); an idle worker then costs the cluster two multi-shard statements per
+/// interval (`olps bench freshness --plain-sql`, docs/SCALING.md).
+pub const CITUS_POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 /// Default of [`WorkerConfig::shutdown_grace`].
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
@@ -65,8 +71,10 @@ impl WorkerError {
     /// Whether the failure says nothing about the rows of the batch, so that retrying the same
     /// rows is right: the connection or the server (an I/O error, a lost connection, SQLSTATE
     /// classes 08, 53, 57 but `query_canceled`, 58), a transaction that lost a race (class 40:
-    /// serialization failure, deadlock) or a lock wait that timed out (55P03). Any other
-    /// database error may come from the rows, and the worker splits the batch to find them.
+    /// serialization failure, deadlock), a lock wait that timed out (55P03), or a statement the
+    /// deployment cannot run (0A000 `feature_not_supported`: Citus refusing a plan, which no
+    /// row causes; dead-lettering would set good rows aside). Any other database error may come
+    /// from the rows, and the worker splits the batch to find them.
     pub fn is_transient(&self) -> bool {
         match self.database() {
             Some(sqlx::Error::Database(d)) => match d.code() {
@@ -75,6 +83,7 @@ impl WorkerError {
                     matches!(class, "08" | "40" | "53" | "58")
                         || (class == "57" && code != "57014")
                         || code == "55P03"
+                        || code == "0A000"
                 }
                 None => true,
             },
@@ -117,6 +126,11 @@ pub struct WorkerConfig {
     pub adaptive: Option<AdaptiveBatching>,
     /// How often to look for work when no notification arrives.
     pub poll_interval: Duration,
+    /// On Citus, look for work at least this often (None: `poll_interval` there too). Rows
+    /// written there as plain SQL wake no worker: the statement-level NOTIFY trigger cannot run on
+    /// the shards (see `src/citus.sql`), so polling is how workers learn of them, and its interval
+    /// is their freshness. Each poll is two statements over every shard, run by the coordinator.
+    pub citus_poll_interval: Option<Duration>,
     /// Stop once no pending rows remain for the selected active models.
     pub until_empty: bool,
     /// Recorded as `parameter_updates.source`.
@@ -133,7 +147,17 @@ pub struct WorkerConfig {
     /// How often each model's retention policy is applied ([`maintenance`], [`crate::retention`]);
     /// None: never (then `olps retention run` does it).
     pub retention_every: Option<Duration>,
+    /// How long a label naming a prediction that is not logged yet waits for it (counted from
+    /// when the label was queued) before it is dead-lettered ([`examples::outcome`]).
+    pub label_wait: Duration,
 }
+
+/// How often (at most) a worker looks for waiting labels whose prediction is logged now, or
+/// whose wait is over.
+const WAITING_CHECK: Duration = Duration::from_secs(1);
+
+/// The default [`WorkerConfig::label_wait`]: 10 minutes.
+pub const DEFAULT_LABEL_WAIT: Duration = Duration::from_secs(600);
 
 impl Default for WorkerConfig {
     fn default() -> Self {
@@ -142,12 +166,24 @@ impl Default for WorkerConfig {
             batch_size: 1000,
             adaptive: None,
             poll_interval: Duration::from_millis(250),
+            citus_poll_interval: Some(CITUS_POLL_INTERVAL),
             until_empty: false,
             source: "feedback".into(),
             maintenance_check: Some(Duration::from_secs(1)),
             unreadable_retry: Duration::from_secs(30),
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             retention_every: Some(maintenance::RETENTION_EVERY),
+            label_wait: DEFAULT_LABEL_WAIT,
+        }
+    }
+}
+
+impl WorkerConfig {
+    /// How long an idle worker waits for a notification before it polls, on `topology`.
+    pub fn poll_interval_on(&self, topology: Topology) -> Duration {
+        match (topology, self.citus_poll_interval) {
+            (Topology::Citus, Some(citus)) => citus.min(self.poll_interval),
+            _ => self.poll_interval,
         }
     }
 }
@@ -241,6 +277,8 @@ enum Committed {
         parameters_changed: usize,
         loss_sum: f64,
         drift_events: Vec<crate::learner::drift::DriftEvent>,
+        /// Label time minus prediction time of the events trained on logged predictions (s).
+        label_delays: Vec<f64>,
     },
 }
 
@@ -257,6 +295,8 @@ pub struct Worker {
     maintenance: Option<tokio::task::JoinHandle<()>>,
     /// Claim timings since the last pass took them: (claims, seconds, longest).
     claim_times: (u64, f64, f64),
+    /// When waiting labels were last woken or expired ([`queue::wake_or_expire_waiting`]).
+    waiting_checked: Option<Instant>,
     /// Found out at the first pass (a few statements differ on Citus).
     topology: Option<Topology>,
 }
@@ -273,6 +313,7 @@ impl Worker {
             maintenance_checked: None,
             maintenance: None,
             claim_times: (0, 0.0, 0.0),
+            waiting_checked: None,
             topology: None,
         }
     }
@@ -314,6 +355,15 @@ impl Worker {
             sizer.observe_empty();
         } else {
             sizer.observe(limit, claimed, elapsed);
+        }
+    }
+
+    /// How long an idle worker waits for a notification before it looks for work: shorter on
+    /// Citus ([`WorkerConfig::citus_poll_interval`]), once the first pass has found out.
+    pub fn poll_interval(&self) -> Duration {
+        match self.topology {
+            Some(topology) => self.config.poll_interval_on(topology),
+            None => self.config.poll_interval,
         }
     }
 
@@ -481,16 +531,44 @@ impl Worker {
         let model_id = model.model_id;
         let mut examples = Vec::with_capacity(rows.len());
         let mut dead = Vec::new();
+        let mut waiting = Vec::new();
+        // Logged predictions the batch trains on: marked labeled, and their label delays.
+        let mut labeled: Vec<(&str, i64)> = Vec::new();
+        let mut label_delays = Vec::new();
+        // What the challengers get copied, in learning order ([`shadow::feed`]).
+        let mut learned = Vec::with_capacity(rows.len());
+        let now = chrono::Utc::now();
         for row in rows {
-            match examples::example_from_row(row, model.kind) {
-                Ok(example) => examples.push((row.queue_id, example)),
-                Err(reason) => dead.push((row.queue_id, reason)),
+            match examples::outcome(row, model.kind, self.config.label_wait, now) {
+                examples::Outcome::Learn(example) => {
+                    examples.push((row.queue_id, example));
+                    learned.push(LearnedEvent {
+                        feedback_id: row.feedback_id,
+                        logged_features: match row.features {
+                            Some(_) => None,
+                            None => row.logged_features.as_deref(),
+                        },
+                    });
+                    if let (None, Some(entity), Some(id), Some(at)) = (
+                        &row.features,
+                        &row.logged_entity,
+                        row.logged_id,
+                        row.logged_epoch,
+                    ) {
+                        labeled.push((entity.as_str(), id));
+                        label_delays.push(row.label_epoch - at);
+                    }
+                }
+                examples::Outcome::Wait => waiting.push(row.queue_id),
+                examples::Outcome::Dead(reason) => dead.push((row.queue_id, reason)),
             }
         }
         queue::dead_letter(&mut *tx, model_id, &dead).await?;
+        queue::wait_for_prediction(&mut *tx, model_id, &waiting).await?;
         if examples.is_empty() {
             return Ok(Committed::DeadOnly { dead: dead.len() });
         }
+        queue::mark_labeled(&mut *tx, model_id, &labeled).await?;
 
         // The in-memory learner is trusted only at the version the database is at.
         let mut cached = match self.cache.remove(&model_id) {
@@ -524,6 +602,8 @@ impl Worker {
         // before the batch and the rate of its last step.
         let mut before: BTreeMap<String, (Option<ParamState>, f64)> = BTreeMap::new();
         let (mut loss_sum, mut correct) = (0.0f64, 0i32);
+        // Each example's prequential prediction and loss, stored with its event.
+        let mut scored = Vec::with_capacity(examples.len());
         for (_, example) in &examples {
             for name in Learner::touched_parameters(example) {
                 if !before.contains_key(name) {
@@ -532,6 +612,7 @@ impl Worker {
                 }
             }
             let step = cached.learner.learn(example);
+            scored.push((step.prediction, step.loss));
             // Saturated: a batch of huge losses stays a finite number in model_versions.
             loss_sum = (loss_sum + step.loss).min(f64::MAX);
             if (step.prediction >= 0.5) == (example.label >= 0.5) {
@@ -605,7 +686,11 @@ impl Worker {
         )
         .await?;
         let applied: Vec<Uuid> = examples.iter().map(|(id, _)| *id).collect();
-        queue::acknowledge(&mut *tx, model_id, version, &applied).await?;
+        queue::acknowledge(&mut *tx, model_id, version, &applied, &scored).await?;
+        if shadow::feed::copy_batch(&mut *tx, model_id, &learned).await? > 0 {
+            // On Citus the feedback trigger does not notify (src/citus.sql).
+            queue::notify_workers(&mut *tx).await?;
+        }
         let record = VersionRecord {
             kind: UpdateType::Gradient,
             examples: examples.len() as i32,
@@ -632,6 +717,7 @@ impl Worker {
         snapshots::maybe_auto_snapshot(&mut *tx, model_id, version).await?;
         cached.version = version;
         Ok(Committed::Version {
+            label_delays,
             cached,
             examples: examples.len(),
             dead: dead.len(),
@@ -656,22 +742,29 @@ impl Worker {
             parameters_changed,
             loss_sum,
             drift_events,
+            label_delays,
         } = done
         else {
             let Committed::DeadOnly { dead } = done else {
                 unreachable!()
             };
-            tracing::warn!(%model_id, dead, "dead-lettered a batch of unusable rows");
+            if dead > 0 {
+                tracing::warn!(%model_id, dead, "dead-lettered a batch of unusable rows");
+            }
             crate::metrics::worker_dead(&model.name, dead as u64);
             return BatchOutcome::DeadOnly { dead };
         };
         let version = cached.version;
         crate::metrics::worker_batch(&model.name, examples, dead, loss_sum);
+        crate::metrics::label_delays(&model.name, &label_delays);
         self.cache.insert(model_id, cached);
         if model.settings.guard.enabled {
             // The batch is committed whatever the guard does; a failed check is tried again
             // after the next batch.
-            if let Err(e) = self.guard(model_id, version, &model.settings.guard).await {
+            if let Err(e) = self
+                .guard(model_id, &model.name, version, &model.settings.guard)
+                .await
+            {
                 tracing::error!(%model_id, version, error = %e, "guard check failed");
             }
         }
@@ -687,6 +780,7 @@ impl Worker {
             "applied batch"
         );
         for event in &drift_events {
+            crate::metrics::drift_detected(&model.name, &event.detector, event.adaptation);
             tracing::warn!(%model_id, version, detector = %event.detector, statistic = event.statistic,
                 threshold = event.threshold, at_example = event.at_example,
                 adaptation = ?event.adaptation, "concept drift detected");
@@ -705,6 +799,7 @@ impl Worker {
     async fn guard(
         &mut self,
         model_id: Uuid,
+        model_name: &str,
         version: i64,
         guard: &crate::learner::GuardConfig,
     ) -> Result<(), WorkerError> {
@@ -715,6 +810,7 @@ impl Worker {
         let reason = trip.reason(version);
         // Quarantine first, so no batch can slip in between the rollback and the quarantine.
         if crate::monitor::quarantine(&self.pool, model_id, &reason).await? {
+            crate::metrics::quarantined(model_name);
             self.cache.remove(&model_id);
             let target = RollbackTarget::Snapshot(trip.snapshot_id.to_string());
             let mut tx = self.pool.begin().await?;
@@ -755,6 +851,30 @@ impl Worker {
             ..WorkerStats::default()
         };
         crate::metrics::worker_dead("unknown model", stats.dead);
+        if self
+            .waiting_checked
+            .is_none_or(|at| at.elapsed() >= WAITING_CHECK)
+        {
+            self.waiting_checked = Some(Instant::now());
+            // A failure only delays the waiting labels (the next check retries); batches go on.
+            match queue::wake_or_expire_waiting(&self.pool, self.config.label_wait).await {
+                Ok(waited) => {
+                    crate::metrics::labels_waited(waited.woken, waited.expired);
+                    stats.dead += waited.expired;
+                    if waited.expired > 0 {
+                        tracing::warn!(
+                            expired = waited.expired,
+                            wait_s = self.config.label_wait.as_secs_f64(),
+                            "labels dead-lettered: their prediction was not logged within the \
+                             label wait"
+                        );
+                    }
+                }
+                Err(e) => {
+                    tracing::warn!(error = %e, "waiting labels: check failed; retried in a second")
+                }
+            }
+        }
         let unreadable = self.unreadable_models();
         for model_id in queue::models_with_work(&self.pool, &self.config.models, topology).await? {
             if shutdown.is_cancelled() {
@@ -871,7 +991,7 @@ impl Worker {
             // Idle: wait for a notification (a hint), the poll tick, or shutdown.
             tokio::select! {
                 _ = shutdown.cancelled() => break,
-                _ = tokio::time::sleep(self.config.poll_interval) => {},
+                _ = tokio::time::sleep(self.poll_interval()) => {},
                 wake = wakeups.wait() => {
                     tracing::trace!(notifications = wake.notifications.len(),
                         reconnects = wake.reconnects, "worker woken");

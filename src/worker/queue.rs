@@ -1,7 +1,7 @@
 //! The work queue (`feedback_queue`): finding models with work, claiming a model's pending rows in
 //! queue order, acknowledging applied rows and dead-lettering the ones that cannot be learned.
 
-use sqlx::{FromRow, PgConnection, PgExecutor};
+use sqlx::{FromRow, PgConnection, PgExecutor, PgPool};
 use uuid::Uuid;
 
 use crate::citus::Topology;
@@ -19,9 +19,19 @@ pub struct ClaimedRow {
     /// Text, not a parsed value: `jsonb` holds numbers beyond f64 (1e400), and such a row must be
     /// dead-lettered with its reason, not fail the whole claim.
     pub features: Option<String>,
-    /// When the event has no features: those of the latest logged prediction for the entity
-    /// (JSON text, like `features`).
+    /// When the event has no features: those of the prediction it names (`prediction_id`), or
+    /// else of the latest logged prediction for the entity (JSON text, like `features`).
     pub logged_features: Option<String>,
+    /// The prediction the event names, if any (`feedback_events.prediction_id`).
+    pub prediction_id: Option<Uuid>,
+    /// The logged prediction the features came from: its key (entity, id) and when it was made.
+    pub logged_entity: Option<String>,
+    pub logged_id: Option<i64>,
+    /// When the prediction was made and the event's time (`feedback_events.timestamp`, the
+    /// label time), in seconds since the epoch: as float8, since SQL may store any timestamp
+    /// (`infinity` too), which must not fail the claim.
+    pub logged_epoch: Option<f64>,
+    pub label_epoch: f64,
     /// The queue order: `priority DESC, created_at, seq`.
     pub priority: f64,
     pub created_at: chrono::DateTime<chrono::Utc>,
@@ -32,6 +42,12 @@ pub struct ClaimedRow {
 
 /// Active models with pending work (optionally only among `only`), in random order so that
 /// several workers start on different models.
+///
+/// Each model is checked with one probe of the claim index (a scalar subquery with `LIMIT 1`,
+/// which PostgreSQL runs per model and cannot turn into a join). With `EXISTS`, a brand-new
+/// database (statistics never analyzed) got a hash semi-join that read every pending row at
+/// every pass: 77–100 ms per pass with 98,000 pending (`auto_explain`, issue 16), growing with
+/// the backlog.
 ///
 /// On Citus, `models` is a reference table, and Citus runs no correlated subquery under one: there
 /// each shard joins its pending rows with its copy of `models` (one probe of the claim index per
@@ -46,8 +62,8 @@ pub async fn models_with_work(
             "SELECT m.model_id FROM models m
              WHERE m.status = 'active'
                AND (cardinality($1::uuid[]) = 0 OR m.model_id = ANY($1::uuid[]))
-               AND EXISTS (SELECT 1 FROM feedback_queue q
-                           WHERE q.model_id = m.model_id AND q.status = 'pending')
+               AND (SELECT true FROM feedback_queue q
+                    WHERE q.model_id = m.model_id AND q.status = 'pending' LIMIT 1)
              ORDER BY random()"
         }
         Topology::Citus => {
@@ -183,8 +199,13 @@ pub async fn claim(
              SELECT id, gen FROM ranked ORDER BY slot, priority DESC, created_at, seq LIMIT $2
          )
          SELECT q.id AS queue_id, q.feedback_id, e.entity_id, e.feedback_type, e.label,
-                e.confidence, e.features, e.logged_features, q.priority, q.created_at, q.seq,
-                q.status
+                e.confidence, e.features, coalesce(pid.features, ent.features) AS logged_features,
+                e.prediction_id, coalesce(pid.entity_id, ent.entity_id) AS logged_entity,
+                coalesce(pid.id, ent.id) AS logged_id,
+                extract(epoch FROM coalesce(pid.logged_at, ent.logged_at))::float8
+                    AS logged_epoch,
+                extract(epoch FROM e.label_at)::float8 AS label_epoch,
+                q.priority, q.created_at, q.seq, q.status
          FROM chosen c
          CROSS JOIN LATERAL (
              SELECT id, model_id, feedback_id, priority, created_at, seq, status
@@ -194,13 +215,24 @@ pub async fn claim(
          CROSS JOIN LATERAL (
              SELECT ev.entity_id, ev.feedback_type, ev.feedback_value AS label, ev.confidence,
                     (ev.metadata -> 'features')::text AS features,
-                    CASE WHEN ev.metadata ? 'features' THEN NULL ELSE (
-                        SELECT p.features::text FROM prediction_log p
-                        WHERE p.model_id = $1 AND p.entity_id = ev.entity_id
-                        ORDER BY p.id DESC LIMIT 1) END AS logged_features
+                    coalesce(ev.metadata ? 'features', false) AS has_features,
+                    ev.prediction_id, ev.timestamp AS label_at
              FROM feedback_events ev
              WHERE ev.model_id = $1 AND ev.id = q.feedback_id
-             OFFSET 0) e",
+             OFFSET 0) e
+         -- A label naming its prediction trains on exactly that one (unique index lookup) ...
+         LEFT JOIN LATERAL (
+             SELECT p.entity_id, p.id, p.features::text AS features, p.logged_at
+             FROM prediction_log p
+             WHERE p.model_id = $1 AND p.prediction_id = e.prediction_id AND NOT e.has_features
+             OFFSET 0) pid ON TRUE
+         -- ... one naming none on the latest logged prediction of its entity.
+         LEFT JOIN LATERAL (
+             SELECT p.entity_id, p.id, p.features::text AS features, p.logged_at
+             FROM prediction_log p
+             WHERE p.model_id = $1 AND p.entity_id = e.entity_id AND e.prediction_id IS NULL
+               AND NOT e.has_features
+             ORDER BY p.id DESC LIMIT 1) ent ON TRUE",
     )
     .bind(model_id)
     .bind(limit)
@@ -220,27 +252,40 @@ pub async fn claim(
     Ok(rows)
 }
 
-/// Deletes the applied queue rows and marks their events processed by `version`, in one statement.
+/// Deletes the applied queue rows and marks their events processed by `version`, in one
+/// statement. `queue_ids` are in the order the batch learned them: each event records its place
+/// (`applied_position`, from 1), so a replay can learn them again in the same order, and its
+/// prequential prediction and loss (`scored`, in the same order: made before it was learned), so
+/// a champion and its challengers can be compared over the same events ([`crate::shadow`]).
 pub async fn acknowledge(
     conn: &mut PgConnection,
     model_id: Uuid,
     version: i64,
     queue_ids: &[Uuid],
+    scored: &[(f64, f64)],
 ) -> Result<u64, sqlx::Error> {
     if queue_ids.is_empty() {
         return Ok(0);
     }
+    let (predictions, losses): (Vec<f64>, Vec<f64>) = scored.iter().copied().unzip();
     let done = sqlx::query(
         "WITH done AS (
              DELETE FROM feedback_queue WHERE model_id = $1 AND id = ANY($2::uuid[])
-             RETURNING feedback_id
+             RETURNING id, feedback_id
          )
-         UPDATE feedback_events e SET processed = TRUE, applied_version = $3
-         FROM done WHERE e.model_id = $1 AND e.id = done.feedback_id",
+         UPDATE feedback_events e
+         SET processed = TRUE, applied_version = $3, applied_position = o.position::integer,
+             prequential_prediction = o.prediction, prequential_loss = o.loss
+         FROM done
+         JOIN unnest($2::uuid[], $4::float8[], $5::float8[]) WITH ORDINALITY
+             AS o(id, prediction, loss, position) ON o.id = done.id
+         WHERE e.model_id = $1 AND e.id = done.feedback_id",
     )
     .bind(model_id)
     .bind(queue_ids)
     .bind(version)
+    .bind(&predictions)
+    .bind(&losses)
     .execute(conn)
     .await?;
     Ok(done.rows_affected())
@@ -272,18 +317,124 @@ pub async fn dead_letter(
     Ok(done.rows_affected())
 }
 
+/// Sets claimed rows aside until the prediction they name is logged (status `waiting`, in the
+/// partition that does not rotate); [`wake_or_expire_waiting`] takes them from there.
+pub async fn wait_for_prediction(
+    conn: &mut PgConnection,
+    model_id: Uuid,
+    queue_ids: &[Uuid],
+) -> Result<u64, sqlx::Error> {
+    if queue_ids.is_empty() {
+        return Ok(0);
+    }
+    let done = sqlx::query(
+        "UPDATE feedback_queue SET status = 'waiting', gen = -1
+         WHERE model_id = $1 AND id = ANY($2::uuid[]) AND status = 'pending'",
+    )
+    .bind(model_id)
+    .bind(queue_ids)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
+/// What [`wake_or_expire_waiting`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Waited {
+    /// Labels whose prediction is now logged: pending again, in their place in queue order.
+    pub woken: u64,
+    /// Labels whose prediction was not logged within the wait: dead-lettered with the reason.
+    pub expired: u64,
+}
+
+/// Takes every waiting label (see [`wait_for_prediction`]) whose prediction is now logged back
+/// to the queue (status `pending`, its priority, time and order kept), and dead-letters those
+/// that have waited longer than `wait` since they were queued, in one statement. Its cost grows
+/// with the number of waiting rows (found through their partial index), not with the queue.
+pub async fn wake_or_expire_waiting(
+    db: impl PgExecutor<'_>,
+    wait: std::time::Duration,
+) -> Result<Waited, sqlx::Error> {
+    let (woken, expired): (i64, i64) = sqlx::query_as(
+        "WITH waiting AS (
+             SELECT q.model_id, q.id, q.gen, e.prediction_id,
+                    EXISTS (SELECT 1 FROM prediction_log p
+                            WHERE p.model_id = q.model_id AND p.prediction_id = e.prediction_id)
+                        AS logged
+             FROM feedback_queue q
+             JOIN feedback_events e ON e.model_id = q.model_id AND e.id = q.feedback_id
+             WHERE q.status = 'waiting'
+         ),
+         changed AS (
+             UPDATE feedback_queue q
+             SET status = CASE WHEN w.logged THEN 'pending' ELSE 'dead' END,
+                 gen = CASE WHEN w.logged THEN olps_queue_generation(now()) ELSE -1 END,
+                 dead_at = CASE WHEN w.logged THEN NULL ELSE now() END,
+                 dead_reason = CASE WHEN w.logged THEN NULL ELSE
+                     'prediction_id: prediction ' || w.prediction_id || ' was not logged within '
+                     || $1::float8 || ' s of the label (label wait deadline): it was never made '
+                     || 'with an entity_id, or its log record was lost (see '
+                     || 'olps_prediction_log_dropped_total) or deleted by retention; send the '
+                     || 'label with its features, or requeue it once the prediction is logged' END
+             FROM waiting w
+             WHERE q.model_id = w.model_id AND q.id = w.id AND q.gen = w.gen
+               AND q.status = 'waiting'
+               AND (w.logged OR q.created_at < now() - $1::float8 * interval '1 second')
+             RETURNING q.status
+         )
+         SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'dead')
+         FROM changed",
+    )
+    .bind(wait.as_secs_f64())
+    .fetch_one(db)
+    .await?;
+    Ok(Waited {
+        woken: woken as u64,
+        expired: expired as u64,
+    })
+}
+
+/// Marks the logged predictions that labels trained on (`labeled_at`), one statement per batch:
+/// retention counts those that expire without a label.
+pub async fn mark_labeled(
+    conn: &mut PgConnection,
+    model_id: Uuid,
+    logged: &[(&str, i64)],
+) -> Result<u64, sqlx::Error> {
+    if logged.is_empty() {
+        return Ok(0);
+    }
+    let entity: Vec<&str> = logged.iter().map(|l| l.0).collect();
+    let id: Vec<i64> = logged.iter().map(|l| l.1).collect();
+    let done = sqlx::query(
+        "UPDATE prediction_log p SET labeled_at = now()
+         FROM unnest($2::text[], $3::int8[]) AS u(entity_id, id)
+         WHERE p.model_id = $1 AND p.entity_id = u.entity_id AND p.id = u.id
+           AND p.labeled_at IS NULL",
+    )
+    .bind(model_id)
+    .bind(&entity)
+    .bind(&id)
+    .execute(conn)
+    .await?;
+    Ok(done.rows_affected())
+}
+
 /// Dead-letters pending rows whose model does not exist (plain-SQL inserts are not checked
 /// against `models`, so they can name any UUID).
 ///
 /// It runs before every pass, so it must not read every pending row: the distinct models with
 /// pending rows are found with one probe of the claim index per model (a recursive "loose index
-/// scan"), and only the rows of unknown models are touched. (Checking every pending row took
-/// 0.1 s per pass at 1M pending rows, once per batch.)
+/// scan"), and only when one of them is unknown are its rows updated, by the claim index (in a
+/// transaction planned by [`plan_for_any_statistics`]). (Checking every pending row took 0.1 s
+/// per pass at 1M pending rows, once per batch; one statement doing both, with the unknown models
+/// as an array, was planned as a sequential scan of the queue on a brand-new database: 34 ms per
+/// pass with 98,000 pending, for an array that is almost always empty.)
 ///
 /// Citus runs no recursive CTE over a distributed table: there each shard checks its own pending
 /// rows against `models` (a reference table, so the check runs on the shards), in parallel.
 pub async fn dead_letter_unknown_models(
-    db: impl PgExecutor<'_>,
+    pool: &PgPool,
     topology: Topology,
 ) -> Result<u64, sqlx::Error> {
     if topology == Topology::Citus {
@@ -294,11 +445,11 @@ pub async fn dead_letter_unknown_models(
              WHERE q.status = 'pending'
                AND NOT EXISTS (SELECT 1 FROM models m WHERE m.model_id = q.model_id)",
         )
-        .execute(db)
+        .execute(pool)
         .await?;
         return Ok(done.rows_affected());
     }
-    let done = sqlx::query(
+    let unknown: Vec<Uuid> = sqlx::query_scalar(
         "WITH RECURSIVE pending AS (
              (SELECT model_id FROM feedback_queue WHERE status = 'pending'
               ORDER BY model_id LIMIT 1)
@@ -308,17 +459,29 @@ pub async fn dead_letter_unknown_models(
                      ORDER BY q.model_id LIMIT 1)
              FROM pending p WHERE p.model_id IS NOT NULL
          )
-         UPDATE feedback_queue q
+         SELECT p.model_id FROM pending p
+         WHERE p.model_id IS NOT NULL
+           AND NOT EXISTS (SELECT 1 FROM models m WHERE m.model_id = p.model_id)",
+    )
+    .fetch_all(pool)
+    .await?;
+    if unknown.is_empty() {
+        return Ok(0);
+    }
+    let mut tx = pool.begin().await?;
+    plan_for_any_statistics(&mut tx).await?;
+    // Still unknown: a model created meanwhile under that id keeps its rows.
+    let done = sqlx::query(
+        "UPDATE feedback_queue q
          SET status = 'dead', dead_at = now(), gen = -1,
              dead_reason = 'unknown model ' || q.model_id || ': no such model_id in models'
-         WHERE q.status = 'pending'
-           AND q.model_id = ANY(ARRAY(
-               SELECT p.model_id FROM pending p
-               WHERE p.model_id IS NOT NULL
-                 AND NOT EXISTS (SELECT 1 FROM models m WHERE m.model_id = p.model_id)))",
+         WHERE q.status = 'pending' AND q.model_id = ANY($1::uuid[])
+           AND NOT EXISTS (SELECT 1 FROM models m WHERE m.model_id = q.model_id)",
     )
-    .execute(db)
+    .bind(&unknown)
+    .execute(&mut *tx)
     .await?;
+    tx.commit().await?;
     Ok(done.rows_affected())
 }
 

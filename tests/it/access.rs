@@ -30,6 +30,7 @@ async fn call(
         "GET" => client.get(&url),
         "POST" => client.post(&url),
         "PUT" => client.put(&url),
+        "PATCH" => client.patch(&url),
         "DELETE" => client.delete(&url),
         other => panic!("method {other}"),
     };
@@ -72,6 +73,11 @@ async fn fixture(pool: &PgPool, name: &str) -> Fixture {
     Fixture {
         model: model.model_id,
     }
+}
+
+/// A model that can be the fixture's challenger.
+async fn challenger(pool: &PgPool, name: &str) -> olps::models::Model {
+    create_model(pool, name, ModelKind::Logistic, LearnerConfig::default()).await
 }
 
 /// One valid request for a route (a fresh snapshot or token where the route consumes one), and
@@ -118,8 +124,32 @@ async fn valid_request(
             Some(json!({"every_versions": null, "every_minutes": null, "keep": null})),
             200,
         ),
+        ("PATCH", "/v1/models/{model}") => (
+            path,
+            Some(json!({"settings": {"learning_rate": 0.05}})),
+            200,
+        ),
         ("POST", "/v1/models/{model}/rollback") => (path, Some(json!({"to_version": 1})), 200),
         ("POST", "/v1/models/{model}/resume") => (path, None, 200),
+        // A fresh challenger each time (a model has one champion).
+        ("POST", "/v1/models/{model}/challengers") => {
+            challenger(pool, &unique).await;
+            (path, Some(json!({"challenger": unique})), 201)
+        }
+        (
+            "DELETE" | "POST",
+            "/v1/models/{model}/challengers/{challenger}"
+            | "/v1/models/{model}/challengers/{challenger}/promote",
+        ) => {
+            let challenger = challenger(pool, &unique).await;
+            let champion = olps::models::find(pool, &m).await.unwrap();
+            let mut tx = pool.begin().await.unwrap();
+            olps::shadow::links::add(&mut tx, &champion, &challenger, "test")
+                .await
+                .unwrap();
+            tx.commit().await.unwrap();
+            (path.replace("{challenger}", &unique), None, 200)
+        }
         ("POST", "/v1/tokens") => (path, Some(json!({"name": unique, "scopes": ["read"]})), 201),
         ("DELETE", "/v1/tokens/{token}") => {
             let secret = token_with(pool, &["read"], &[]).await;

@@ -169,7 +169,7 @@ async fn until_version(pool: &PgPool, model_id: Uuid, version: i64, within: Dura
 
 #[tokio::test]
 #[ignore = "needs DATABASE_URL at a Citus coordinator"]
-async fn workers_wake_for_http_feedback_by_notification_and_for_sql_rows_by_polling() {
+async fn workers_wake_for_http_feedback_by_notification_and_find_sql_rows_by_their_citus_poll() {
     let db = TestDb::new().await;
     assert_citus(&db);
     let model = create_model(
@@ -180,14 +180,16 @@ async fn workers_wake_for_http_feedback_by_notification_and_for_sql_rows_by_poll
     )
     .await;
     let app = Service::start(&db.pool, Default::default()).await;
-    // A poll interval far longer than the wait allowed below: only the service's own NOTIFY
-    // (the trigger's never reaches the coordinator, and is dropped) can wake the worker in time.
+    // A poll interval far longer than the wait allowed below, and no shorter one on Citus: only
+    // the service's own NOTIFY (the trigger's never reaches the coordinator, and is dropped) can
+    // wake the worker in time.
     let shutdown = CancellationToken::new();
     let worker = {
         let pool = db.pool.clone();
         let shutdown = shutdown.clone();
         let config = WorkerConfig {
             poll_interval: Duration::from_secs(30),
+            citus_poll_interval: None,
             ..Default::default()
         };
         tokio::spawn(async move { Worker::new(pool, config).run(shutdown).await.unwrap() })
@@ -209,13 +211,14 @@ async fn workers_wake_for_http_feedback_by_notification_and_for_sql_rows_by_poll
     shutdown.cancel();
     worker.await.unwrap();
 
-    // Rows written as plain SQL wake nobody on Citus: a worker polling every 100 ms finds them.
+    // Rows written as plain SQL wake nobody on Citus: the worker's Citus poll interval (the
+    // default) finds them, though the poll interval of a single server is 30 s here.
     let shutdown = CancellationToken::new();
     let worker = {
         let pool = db.pool.clone();
         let shutdown = shutdown.clone();
         let config = WorkerConfig {
-            poll_interval: Duration::from_millis(100),
+            poll_interval: Duration::from_secs(30),
             ..Default::default()
         };
         tokio::spawn(async move { Worker::new(pool, config).run(shutdown).await.unwrap() })
@@ -236,4 +239,57 @@ async fn workers_wake_for_http_feedback_by_notification_and_for_sql_rows_by_poll
     shutdown.cancel();
     worker.await.unwrap();
     assert_eq!(assert_linear_history(&db.pool, model.model_id).await, 6);
+}
+
+#[tokio::test]
+#[ignore = "needs DATABASE_URL at a Citus coordinator"]
+async fn planner_settings_of_a_transaction_reach_the_node_of_the_model() {
+    let db = TestDb::new().await;
+    assert_citus(&db);
+    let model = create_model(
+        &db.pool,
+        "settings-reach",
+        ModelKind::Linear,
+        LearnerConfig::default(),
+    )
+    .await
+    .model_id;
+    sqlx::query(
+        "INSERT INTO prediction_log (model_id, entity_id, features) VALUES ($1, 'e', '{}')",
+    )
+    .bind(model)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    // The setting as the model's node sees it: the column reference keeps Citus from evaluating
+    // current_setting() on the coordinator.
+    async fn on_the_node(tx: &mut sqlx::PgConnection, model: Uuid) -> String {
+        sqlx::query_scalar(
+            "SELECT current_setting('enable_hashjoin' || left(entity_id, 0))
+             FROM prediction_log WHERE model_id = $1",
+        )
+        .bind(model)
+        .fetch_one(tx)
+        .await
+        .unwrap()
+    }
+    // What retention's batches did before: set on the coordinator only.
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::query("SELECT set_config('enable_hashjoin', 'off', true)")
+        .execute(&mut *tx)
+        .await
+        .unwrap();
+    assert_eq!(on_the_node(&mut tx, model).await, "on");
+    tx.rollback().await.unwrap();
+
+    let sql = olps::citus::Topology::Citus.set_local(&[("enable_hashjoin", "off")]);
+    let mut tx = db.pool.begin().await.unwrap();
+    sqlx::Executor::execute(&mut *tx, sql.as_str())
+        .await
+        .unwrap();
+    assert_eq!(on_the_node(&mut tx, model).await, "off");
+    tx.rollback().await.unwrap();
+    // Only for the transaction.
+    let mut conn = db.pool.acquire().await.unwrap();
+    assert_eq!(on_the_node(&mut conn, model).await, "on");
 }

@@ -132,3 +132,78 @@ async fn a_dead_letter_fixed_and_requeued_is_learned_exactly_once() {
         .await;
     assert!(err.contains("--id"), "{err}");
 }
+
+/// A statement the deployment cannot run (SQLSTATE 0A000 `feature_not_supported`, what Citus
+/// raises for a plan it refuses) says nothing about the rows: the batch is retried as it is, no
+/// row is dead-lettered, and once the cause is gone every row is applied exactly once. (The
+/// refusal is provoked by a trigger raising that SQLSTATE when the batch marks its events
+/// applied, a statement routed to one shard; on Citus the trigger runs there and the coordinator
+/// passes the SQLSTATE on. A shard's error in a statement Citus runs through COPY, such as the
+/// INSERT … SELECT of a version's record, reaches the worker as XX000 instead.)
+#[tokio::test]
+async fn a_feature_not_supported_error_dead_letters_nothing_and_the_batch_is_retried() {
+    use olps::worker::{Worker, WorkerConfig};
+
+    let (db, model) = TestDb::with_model("unsupported", ModelKind::Linear).await;
+    let pool = &db.pool;
+    let id = model.model_id;
+    let rows = sparse_stream(40, 2, 6, false, 9);
+    insert_stream(pool, id, &rows).await;
+    // One statement each: Citus propagates each to the nodes on its own.
+    for ddl in [
+        "CREATE FUNCTION olps_test_refuse() RETURNS trigger LANGUAGE plpgsql AS $$
+         BEGIN
+             RAISE EXCEPTION 'refused by the test' USING ERRCODE = 'feature_not_supported';
+         END $$",
+        "CREATE TRIGGER olps_test_refuse BEFORE UPDATE ON feedback_events
+             FOR EACH ROW EXECUTE FUNCTION olps_test_refuse()",
+    ] {
+        sqlx::raw_sql(ddl).execute(pool).await.unwrap();
+    }
+    let config = WorkerConfig {
+        batch_size: 16,
+        maintenance_check: None,
+        ..WorkerConfig::default()
+    };
+    let mut worker = Worker::new(pool.clone(), config);
+    // More attempts than splitting 16 rows down to one row would take (5): a row fault would
+    // have dead-lettered a row by now.
+    for attempt in 0..8 {
+        let error = worker
+            .run_batch(id)
+            .await
+            .expect_err("the batch is refused");
+        assert!(
+            error.is_transient() && error.to_string().contains("refused by the test"),
+            "attempt {attempt}: {error:?}"
+        );
+    }
+    let (pending, dead): (i64, i64) = sqlx::query_as(
+        "SELECT count(*) FILTER (WHERE status = 'pending'), count(*) FILTER (WHERE status = 'dead')
+         FROM feedback_queue WHERE model_id = $1",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((pending, dead), (40, 0), "nothing set aside, nothing lost");
+    assert_eq!(current_version(pool, id).await, 0);
+
+    sqlx::query("DROP TRIGGER olps_test_refuse ON feedback_events")
+        .execute(pool)
+        .await
+        .unwrap();
+    let stats = drain(pool, 16).await;
+    assert_eq!((stats.examples, stats.dead), (40, 0));
+    let (applied, seen): (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM feedback_events
+                 WHERE model_id = $1 AND processed AND applied_version IS NOT NULL),
+                (SELECT examples_seen FROM models WHERE model_id = $1)",
+    )
+    .bind(id)
+    .fetch_one(pool)
+    .await
+    .unwrap();
+    assert_eq!((applied, seen), (40, 40), "every row applied exactly once");
+    assert_eq!(assert_linear_history(pool, id).await, 3, "16 + 16 + 8 rows");
+}

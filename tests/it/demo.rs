@@ -44,6 +44,14 @@ async fn demo_runs_end_to_end_and_is_deterministic() {
         (processed, total, queued),
         (report.events as i64, report.events as i64, 0)
     );
+    // Every label named its prediction and carried no features (delayed labels by prediction
+    // id); each trained on its own logged prediction.
+    assert_eq!(
+        report.labels_by_prediction_id,
+        (report.events as i64, report.events as i64),
+        "{report:#?}"
+    );
+    assert!(report.text.contains("delayed labels by prediction_id"));
 
     // The rollback restores the snapshot's parameters, so held-out accuracy is the same.
     assert!(

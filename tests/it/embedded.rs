@@ -14,7 +14,7 @@ use olps::embedded::{
     ensure_cluster, find_pg_bin_dir, no_database_help, stop_cluster, EmbeddedCluster, EmbeddedError,
 };
 
-use crate::common::{running_as_root, TempCluster};
+use crate::common::{olps_ok, running_as_root, stderr, stdout, TempCluster};
 
 /// `psql -Atc 'select 1'` over TCP with `password` (none: without one); psql's output.
 fn psql(port: u16, password: Option<&str>) -> std::process::Output {
@@ -338,4 +338,69 @@ fn a_cluster_made_without_a_password_gets_one() {
     // And again: nothing more to do.
     let again = ensure(&tmp.base);
     assert_eq!(again.password, upgraded.password);
+}
+
+/// `olps db status` and `olps db stop` (issue 19, part 4), as a user runs them in the folder that
+/// holds `.olps/`: no cluster, a running one (its PID and port, which psql reaches), a stopped
+/// one (data kept; the next command starts it again), and a second stop that has nothing to do.
+#[test]
+fn db_status_and_stop_commands() {
+    let tmp = TempCluster::new("olps-embedded-db-commands");
+    let dir = Some(tmp.root.as_path());
+
+    let out = stdout(&olps_ok(dir, None, &["db", "status"]));
+    assert!(out.starts_with("no embedded cluster in"), "{out}");
+    assert!(!tmp.base.exists(), "status creates nothing");
+
+    // Any command without DATABASE_URL starts the cluster (here `migrate`).
+    olps_ok(dir, None, &["migrate"]);
+    let cluster = ensure(&tmp.base);
+    assert!(!cluster.started, "migrate left it running");
+    let pid = postmaster_pid(&cluster.data_dir);
+    let out = stdout(&olps_ok(dir, None, &["db", "status"]));
+    assert!(
+        out.starts_with("running: embedded cluster in")
+            && out.contains(&format!("(PID {pid}, 127.0.0.1:{})", cluster.port))
+            && out.contains("olps db stop"),
+        "{out}"
+    );
+
+    // DATABASE_URL set: the embedded cluster is still the one shown, with a note.
+    let other = olps_ok(
+        dir,
+        Some("postgres://nobody@127.0.0.1:1/x"),
+        &["db", "status"],
+    );
+    assert!(stdout(&other).starts_with("running:"), "{}", stdout(&other));
+    assert!(
+        stderr(&other).contains("DATABASE_URL is set"),
+        "{}",
+        stderr(&other)
+    );
+
+    let out = stdout(&olps_ok(dir, None, &["db", "stop"]));
+    assert!(out.starts_with("stopped the embedded cluster"), "{out}");
+    assert!(psql(cluster.port, Some(&cluster.password)).status.code() != Some(0));
+    assert!(!cluster.data_dir.join("postmaster.pid").exists());
+    // Gone, or a zombie its (container's) parent has not reaped yet: not running either way.
+    let state = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let state = state.rsplit(") ").next().unwrap_or("").chars().next();
+    assert!(
+        matches!(state, None | Some('Z') | Some('X')),
+        "the server process {pid} still runs (state {state:?})"
+    );
+    let out = stdout(&olps_ok(dir, None, &["db", "status"]));
+    assert!(
+        out.starts_with("stopped: embedded cluster in")
+            && out.contains(&format!("port {}", cluster.port)),
+        "{out}"
+    );
+    let out = stdout(&olps_ok(dir, None, &["db", "stop"]));
+    assert!(out.contains("is not running; nothing to stop"), "{out}");
+
+    // The data is kept: the next command starts the same cluster again.
+    olps_ok(dir, None, &["model", "list"]);
+    let again = ensure(&tmp.base);
+    assert_eq!(again.port, cluster.port);
+    assert_eq!(psql_select_1(&again), "1");
 }

@@ -99,6 +99,7 @@ fn config_for(optimizer: OptimizerKind) -> LearnerConfig {
         OptimizerKind::Rmsprop => 0.01,
         OptimizerKind::Adam => 0.05,
         OptimizerKind::Ftrl => 0.5,
+        OptimizerKind::Auto => 0.02,
     };
     LearnerConfig {
         optimizer,
@@ -107,12 +108,13 @@ fn config_for(optimizer: OptimizerKind) -> LearnerConfig {
     }
 }
 
-const OPTIMIZERS: [OptimizerKind; 5] = [
+const OPTIMIZERS: [OptimizerKind; 6] = [
     OptimizerKind::Sgd,
     OptimizerKind::Adagrad,
     OptimizerKind::Rmsprop,
     OptimizerKind::Adam,
     OptimizerKind::Ftrl,
+    OptimizerKind::Auto,
 ];
 
 #[test]
@@ -612,7 +614,7 @@ fn config_json() {
     let json = serde_json::to_string(&LearnerConfig::default()).unwrap();
     let back: LearnerConfig = serde_json::from_str(&json).unwrap();
     assert_eq!(back, LearnerConfig::default());
-    assert!(json.contains(r#""optimizer":"sgd""#), "{json}");
+    assert!(json.contains(r#""optimizer":"auto""#), "{json}");
     // ParamState round trip
     let s = ParamState {
         value: 1.5,

@@ -1,13 +1,21 @@
-//! Issue 17: learning that needs no tuning. The defaults of new models (target centring, the
-//! safe normalized SGD step, the intercept boost, per-optimizer rates) apply to new models only;
-//! a model stored before them keeps learning exactly as before; and the defaults never diverge,
-//! however many dense features an example has or whatever their scale.
+//! Issue 17: learning that needs no tuning. The defaults of new models (the `auto` race of three
+//! SGD rates, target centring, the safe normalized SGD step, per-optimizer rates) apply to new
+//! models only; a model stored before them keeps learning exactly as before; the defaults never
+//! diverge, however many dense features an example has or whatever their scale; and the race
+//! goes through PostgreSQL, serving and rollback bit for bit, predicting with its leader.
 
-use olps::learner::{Example, Learner, LearnerConfig, ModelKind, OptimizerKind, INTERCEPT};
+use olps::learner::{
+    Example, Learner, LearnerConfig, ModelKind, ModelState, OptimizerKind, ParamState, RaceState,
+    INTERCEPT,
+};
+use olps::timeline::rollback::RollbackTarget;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
-use crate::common::{assert_params_equal, drain, insert_stream, learn_in_memory, spawn_app, Row};
+use crate::common::{
+    assert_params_equal, committed, current_version, drain, insert_stream, learn_in_memory,
+    spawn_app, state_bits, Row,
+};
 
 fn normal(rng: &mut StdRng) -> f64 {
     let u1: f64 = 1.0 - rng.gen::<f64>();
@@ -270,4 +278,231 @@ async fn stored_models_keep_their_behaviour_and_new_models_get_the_new_defaults(
             learner.predict(probe).to_bits()
         );
     }
+}
+
+/// Logistic rows whose concept flips sign every `period` rows: `x0 - x1 + 0.5 x2 > 0` (with
+/// 10% of the labels flipped at random), features on scales 1, 100 and 0.01.
+fn recurring_clf_stream(n: usize, period: usize, seed: u64) -> Vec<Row> {
+    let mut rng = StdRng::seed_from_u64(seed);
+    (0..n)
+        .map(|i| {
+            let z: [f64; 3] = std::array::from_fn(|_| normal(&mut rng));
+            let sign = if (i / period).is_multiple_of(2) {
+                1.0
+            } else {
+                -1.0
+            };
+            let mut label = sign * (z[0] - z[1] + 0.5 * z[2]) > 0.0;
+            if rng.gen::<f64>() < 0.1 {
+                label = !label;
+            }
+            (
+                vec![
+                    ("x0".into(), z[0]),
+                    ("x1".into(), 100.0 * z[1]),
+                    ("x2".into(), 0.01 * z[2]),
+                ],
+                f64::from(u8::from(label)),
+            )
+        })
+        .collect()
+}
+
+fn accuracy(predictions: &[f64], rows: &[Row]) -> f64 {
+    predictions
+        .iter()
+        .zip(rows)
+        .filter(|(p, (_, y))| (**p >= 0.5) == (*y >= 0.5))
+        .count() as f64
+        / rows.len() as f64
+}
+
+#[test]
+fn new_models_race_three_rates_and_stored_models_keep_their_optimizer() {
+    let default = LearnerConfig::default();
+    assert_eq!(default.optimizer, OptimizerKind::Auto);
+    assert_eq!(default.intercept_boost, 1.0);
+    assert_eq!(
+        LearnerConfig::from_json(&serde_json::json!({})).unwrap(),
+        default
+    );
+    // A model created with the defaults before the race (SGD, intercept boost 10) stored every
+    // field; it reads back as it was, not as `auto`.
+    let before_race = LearnerConfig {
+        optimizer: OptimizerKind::Sgd,
+        intercept_boost: 10.0,
+        ..LearnerConfig::default()
+    };
+    let stored = serde_json::to_value(&before_race).unwrap();
+    assert_eq!(LearnerConfig::from_stored(&stored).unwrap(), before_race);
+    assert_eq!(LearnerConfig::legacy().optimizer, OptimizerKind::Sgd);
+    // `auto` is named and parsed like the others, and gets the SGD base rate.
+    let auto = LearnerConfig::from_json(&serde_json::json!({"optimizer": "auto"})).unwrap();
+    assert_eq!(auto.optimizer, OptimizerKind::Auto);
+    assert_eq!(auto.learning_rate, default.learning_rate);
+    let err = LearnerConfig::from_json(&serde_json::json!({"optimizer": "race"})).unwrap_err();
+    assert!(err.to_string().contains("auto"), "{err}");
+}
+
+#[test]
+fn the_race_follows_a_recurring_concept_better_than_its_base_rate_alone() {
+    // Where the concept flips every 500 rows the fast candidate leads (measured: +0.04 to +0.05
+    // accuracy); on a stationary stream the race stays close to SGD at its base rate.
+    for seed in 1..=3 {
+        let rows = recurring_clf_stream(4000, 500, seed);
+        let auto = predictions(ModelKind::Logistic, &LearnerConfig::default(), &rows);
+        let base = LearnerConfig {
+            optimizer: OptimizerKind::Sgd,
+            ..LearnerConfig::default()
+        };
+        let sgd = predictions(ModelKind::Logistic, &base, &rows);
+        let (a, s) = (accuracy(&auto, &rows), accuracy(&sgd, &rows));
+        assert!(
+            a > s + 0.01,
+            "seed {seed}: race {a}, SGD at the base rate {s}"
+        );
+        let stationary = recurring_clf_stream(4000, 4000, seed);
+        let auto = predictions(ModelKind::Logistic, &LearnerConfig::default(), &stationary);
+        let sgd = predictions(ModelKind::Logistic, &base, &stationary);
+        let (a, s) = (accuracy(&auto, &stationary), accuracy(&sgd, &stationary));
+        // The race pays a little for the rows a noisier candidate leads (measured 0.003-0.006).
+        assert!(
+            a >= s - 0.01,
+            "seed {seed}: race {a}, SGD at the base rate {s}"
+        );
+    }
+}
+
+/// The parameters and learner state of a model as stored.
+async fn stored_state(
+    pool: &sqlx::PgPool,
+    id: uuid::Uuid,
+) -> (std::collections::HashMap<String, ParamState>, ModelState) {
+    let params = olps::params::load_all(pool, id).await.unwrap();
+    let state: serde_json::Value =
+        sqlx::query_scalar("SELECT learner_state FROM models WHERE model_id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    (
+        params.into_iter().collect(),
+        serde_json::from_value(state).unwrap(),
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_race_through_postgres_serving_and_rollback_equals_the_learner_bit_for_bit() {
+    let app = spawn_app().await;
+    let pool = app.pool();
+    let id = app.create_model("race", "logistic").await;
+    let model = olps::models::find(pool, &id.to_string()).await.unwrap();
+    assert_eq!(model.settings.optimizer, OptimizerKind::Auto);
+    // The rows up to where a candidate other than the base rate leads (after a flip of the
+    // concept), so that predicting with `value` alone would be wrong.
+    let all = recurring_clf_stream(4000, 500, 5);
+    let mut scout = Learner::new(ModelKind::Logistic, model.settings.clone());
+    let mut n = 0;
+    for (i, (f, y)) in all.iter().enumerate() {
+        scout.learn(&Example::new(f.clone(), *y, 1.0).unwrap());
+        if i >= 1200 && scout.leader() != 0 {
+            n = i + 1;
+            break;
+        }
+    }
+    assert!(n > 0, "only the base rate ever led: {:?}", scout.race);
+    let rows = &all[..n];
+
+    // The first half, then the state it left.
+    let half = 1000;
+    insert_stream(pool, id, &rows[..half]).await;
+    drain(pool, 97).await;
+    let mid_version = current_version(pool, id).await;
+    let (mid_params, mid_state) = stored_state(pool, id).await;
+    let mid_learner = learn_in_memory(&model, &rows[..half]);
+    assert_params_equal(pool, id, &mid_learner).await;
+
+    // The rest, through the worker in odd batches: bit-identical to the learner in memory,
+    // every candidate's weights (value, m, v) and the race's ranking included.
+    insert_stream(pool, id, &rows[half..]).await;
+    drain(pool, 97).await;
+    let learner = learn_in_memory(&model, rows);
+    assert_params_equal(pool, id, &learner).await;
+    let (_, state) = stored_state(pool, id).await;
+    assert_eq!(state.race, learner.race);
+    // The stream made a candidate other than the base rate lead: its slot is not `value`.
+    let leader = learner.leader();
+    assert_ne!(leader, 0, "race {:?}", learner.race);
+    assert!(learner
+        .params
+        .values()
+        .any(|p| p.m != p.value && p.v != p.value));
+
+    // The service predicts with the leader's weights, like the learner.
+    let probe = &rows[7].0;
+    let features: serde_json::Map<String, serde_json::Value> = probe
+        .iter()
+        .map(|(k, v)| (k.clone(), serde_json::json!(v)))
+        .collect();
+    let mut base_only = learner.clone();
+    base_only.race = RaceState::default();
+    assert_ne!(
+        learner.predict(probe).to_bits(),
+        base_only.predict(probe).to_bits(),
+        "the leader's prediction differs from the base rate's"
+    );
+    let predict = |expected: f64| {
+        let app = &app;
+        let features = &features;
+        async move {
+            // The service swaps in a new version on NOTIFY; give it a few seconds.
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+            loop {
+                let (status, body) = app
+                    .post(
+                        &format!("/v1/models/{id}/predict"),
+                        &serde_json::json!({ "features": features }),
+                    )
+                    .await;
+                assert_eq!(status, 200, "{body}");
+                let got = body["prediction"].as_f64().unwrap();
+                if got.to_bits() == expected.to_bits() {
+                    return;
+                }
+                assert!(
+                    std::time::Instant::now() < deadline,
+                    "served {got}, the learner predicts {expected}"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+            }
+        }
+    };
+    predict(learner.predict(probe)).await;
+
+    // Rollback to the middle: every candidate's weights and the ranking as they were, bit for
+    // bit, and the service predicts with the leader of then.
+    let out = committed::rollback(pool, id, &RollbackTarget::Version(mid_version))
+        .await
+        .unwrap();
+    assert_eq!(out.rolled_back_to, mid_version);
+    let (params, state) = stored_state(pool, id).await;
+    assert_eq!(state, mid_state);
+    assert_eq!(state.race, mid_learner.race);
+    for (name, want) in &mid_params {
+        assert_eq!(state_bits(&params[name]), state_bits(want), "{name}");
+    }
+    predict(mid_learner.predict(probe)).await;
+
+    // Learning the second half again from there ends where the learner does.
+    insert_stream(pool, id, &rows[half..]).await;
+    drain(pool, 97).await;
+    let mut replay = mid_learner.clone();
+    for (f, y) in &rows[half..] {
+        replay.learn(&Example::new(f.clone(), *y, 1.0).unwrap());
+    }
+    let (params, state) = stored_state(pool, id).await;
+    for (name, want) in &replay.params {
+        assert_eq!(state_bits(&params[name]), state_bits(want), "{name}");
+    }
+    assert_eq!(state.race, replay.race);
 }

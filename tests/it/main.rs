@@ -27,9 +27,11 @@ mod learner;
 mod learning_defaults;
 mod listeners;
 mod long_run;
+mod model_update;
 mod module_graph;
 mod outage;
 mod queue;
+mod replay;
 mod retention;
 mod roles;
 mod schema;
@@ -40,3 +42,12 @@ mod tls;
 mod validation;
 mod versions;
 mod worker;
+
+// Issue 19: prediction ids and delayed labels, pinned predictions, alerting.
+mod alerting;
+mod pinned;
+mod prediction_ids;
+mod shadow;
+
+// Issue 16: the prediction log keeps up.
+mod prediction_log;

@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::time::{Duration, Instant};
 
+use olps::citus::Topology;
 use olps::learner::{LearnerConfig, ModelKind};
 use olps::worker::queue::{lower_level_share, LOWER_LEVEL_SPACING};
 use olps::worker::{BatchOutcome, Worker, WorkerConfig};
@@ -309,6 +310,23 @@ async fn under_a_live_flood_every_implicit_event_waits_within_the_bound() {
     assert_applied_once(&db.pool, model).await;
 }
 
+/// Heap bytes of the queue generations (all of them, or those that are not current); on Citus,
+/// of their shards on the worker nodes (the coordinator's tables are empty shells).
+async fn generation_bytes(pool: &PgPool, all: bool) -> i64 {
+    let size = match Topology::detect(pool).await.unwrap() {
+        Topology::Citus => "citus_relation_size",
+        Topology::Single => "pg_relation_size",
+    };
+    sqlx::query_scalar(&format!(
+        "SELECT coalesce(sum({size}(('feedback_queue_g' || g)::regclass)), 0)::int8
+         FROM generate_series(0, 2) g WHERE $1 OR g <> olps_queue_generation(now())"
+    ))
+    .bind(all)
+    .fetch_one(pool)
+    .await
+    .unwrap()
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn drained_generations_are_truncated_under_a_held_snapshot_and_nothing_is_lost() {
     let db = TestDb::new().await;
@@ -427,13 +445,7 @@ async fn drained_generations_are_truncated_under_a_held_snapshot_and_nothing_is_
     let bound = fed as f64 * 110.0 / 4.0;
     let deadline = Instant::now() + Duration::from_secs(40);
     let bytes_during_hold = loop {
-        let bytes: i64 = sqlx::query_scalar(
-            "SELECT sum(pg_relation_size(('feedback_queue_g' || g)::regclass))::int8
-             FROM generate_series(0, 2) g",
-        )
-        .fetch_one(&db.pool)
-        .await
-        .unwrap();
+        let bytes = generation_bytes(&db.pool, true).await;
         if (bytes as f64) < bound || Instant::now() > deadline {
             break bytes;
         }
@@ -568,13 +580,7 @@ async fn rotation_gives_up_quickly_on_a_locked_generation_and_backs_off() {
         .await
         .unwrap();
     assert_eq!(done.len(), 1, "{done:?}");
-    let left: i64 = sqlx::query_scalar(
-        "SELECT sum(pg_relation_size(('feedback_queue_g' || g)::regclass))::int8
-         FROM generate_series(0, 2) g WHERE g <> olps_queue_generation(now())",
-    )
-    .fetch_one(&db.pool)
-    .await
-    .unwrap();
+    let left = generation_bytes(&db.pool, false).await;
     assert_eq!(
         left, 0,
         "the generations that are not current are empty files"

@@ -47,6 +47,13 @@ async fn exec(pool: &PgPool, sql: &str, model_id: Uuid) {
     sqlx::query(sql).bind(model_id).execute(pool).await.unwrap();
 }
 
+/// SQL for `column` moved `days` earlier, in UTC: Citus refuses an UPDATE that calls a STABLE
+/// function on a column (`timestamptz - interval` is STABLE; `timestamp - interval` and the
+/// conversions from and to UTC are IMMUTABLE).
+fn days_earlier(column: &str, days: u32) -> String {
+    format!("({column} AT TIME ZONE 'UTC' - interval '{days} days') AT TIME ZONE 'UTC'")
+}
+
 async fn count(pool: &PgPool, sql: &str, model_id: Uuid) -> i64 {
     sqlx::query_scalar(sql)
         .bind(model_id)
@@ -139,35 +146,47 @@ async fn scenario(prefix: &str) -> Scenario {
     drain_only(pool, 20).await;
     assert_eq!(current_version(pool, id).await, 5);
 
-    // Everything so far is about 100 days old; version V was made V hours after the start.
+    // Everything so far is about 100 days old; version V was made V hours after the start (in
+    // UTC, for Citus: see `days_earlier`).
     exec(
         pool,
-        "UPDATE model_versions SET created_at = now() - interval '100 days'
-                                                + model_version * interval '1 hour'
+        "UPDATE model_versions
+         SET created_at = (now() AT TIME ZONE 'UTC' - interval '100 days'
+                           + model_version * interval '1 hour') AT TIME ZONE 'UTC'
          WHERE model_id = $1",
         id,
     )
     .await;
     exec(
         pool,
-        "UPDATE parameter_updates SET timestamp = now() - interval '100 days'
-                                                  + model_version * interval '1 hour'
+        "UPDATE parameter_updates
+         SET timestamp = (now() AT TIME ZONE 'UTC' - interval '100 days'
+                          + model_version * interval '1 hour') AT TIME ZONE 'UTC'
          WHERE model_id = $1",
         id,
     )
     .await;
     for sql in [
-        "UPDATE feedback_events SET timestamp = timestamp - interval '100 days' WHERE model_id = $1",
-        "UPDATE feedback_queue SET dead_at = dead_at - interval '100 days',
-                                   created_at = created_at - interval '100 days'
-         WHERE model_id = $1",
-        "UPDATE snapshots SET created_at = created_at - interval '100 days' WHERE model_id = $1",
+        format!(
+            "UPDATE feedback_events SET timestamp = {} WHERE model_id = $1",
+            days_earlier("timestamp", 100)
+        ),
+        format!(
+            "UPDATE feedback_queue SET dead_at = {}, created_at = {} WHERE model_id = $1",
+            days_earlier("dead_at", 100),
+            days_earlier("created_at", 100)
+        ),
+        format!(
+            "UPDATE snapshots SET created_at = {} WHERE model_id = $1",
+            days_earlier("created_at", 100)
+        ),
         "INSERT INTO drift_events (model_id, model_version, detector, statistic, threshold,
                                    at_example, adaptation, detected_at)
          VALUES ($1, 3, 'adwin', 1, 0.5, 60, 'boost', now() - interval '400 days'),
-                ($1, 5, 'adwin', 1, 0.5, 100, 'boost', now() - interval '10 days')",
+                ($1, 5, 'adwin', 1, 0.5, 100, 'boost', now() - interval '10 days')"
+            .to_string(),
     ] {
-        exec(pool, sql, id).await;
+        exec(pool, &sql, id).await;
     }
     log_prediction(
         pool,

@@ -122,6 +122,53 @@ async fn trigger_enqueues_with_documented_priorities() {
 }
 
 #[tokio::test]
+async fn columns_the_worker_owns_are_refused_at_insert_and_nothing_is_stored() {
+    let db = TestDb::new().await;
+    let model = make_model(&db, "linear").await;
+    for (column, value) in [
+        ("processed", "true"),
+        ("applied_version", "7"),
+        ("applied_position", "1"),
+        ("prequential_prediction", "0.5"),
+        ("prequential_loss", "0.25"),
+    ] {
+        // Two rows in one statement, the first good: the statement stores nothing.
+        let err = sqlx::query(&format!(
+            "INSERT INTO feedback_events (model_id, entity_id, feedback_type, feedback_value, {column})
+             VALUES ($1, 'good', 'explicit', 0.5, DEFAULT), ($1, 'bad', 'explicit', 0.5, {value})"
+        ))
+        .bind(model)
+        .execute(&db.pool)
+        .await
+        .expect_err(column);
+        let err = err.as_database_error().expect(column);
+        assert_eq!(err.code().as_deref(), Some("23514"), "{column}: {err}");
+        assert!(
+            err.message()
+                .starts_with(&format!("feedback_events.{column} is set by the worker")),
+            "{column}: {err}"
+        );
+    }
+    let stored: (i64, i64) = sqlx::query_as(
+        "SELECT (SELECT count(*) FROM feedback_events), (SELECT count(*) FROM feedback_queue)",
+    )
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(stored, (0, 0));
+    // The default, stated or left out, is accepted.
+    sqlx::query(
+        "INSERT INTO feedback_events (model_id, entity_id, feedback_type, feedback_value,
+                                      processed, applied_version)
+         VALUES ($1, 'e', 'explicit', 0.5, false, NULL)",
+    )
+    .bind(model)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+}
+
+#[tokio::test]
 async fn queue_order_is_priority_then_time_then_insertion() {
     let db = TestDb::new().await;
     let model = make_model(&db, "linear").await;
@@ -216,7 +263,8 @@ async fn every_traffic_table_is_keyed_by_model_first() {
          WHERE tc.constraint_type = 'PRIMARY KEY' AND kcu.ordinal_position = 1
            AND tc.table_schema = 'public' AND tc.table_name <> 'refinery_schema_history'
            -- Small tables that do not grow with traffic (Citus reference tables).
-           AND tc.table_name NOT IN ('api_tokens', 'audit_log', 'feedback_queue_rotation')",
+           AND tc.table_name NOT IN ('api_tokens', 'audit_log', 'feedback_queue_rotation',
+                                     'model_challengers')",
     )
     .fetch_all(&db.pool)
     .await
@@ -228,4 +276,197 @@ async fn every_traffic_table_is_keyed_by_model_first() {
             "primary key of {table} must start with model_id"
         );
     }
+}
+
+/// The parameter_id columns as migrations V1–V50 made them (the database's default collation),
+/// with the materialized view that depends on one of them: what migration V60 finds in a
+/// database made before it.
+const BEFORE_V60: &str = r#"
+DROP MATERIALIZED VIEW current_model_state;
+ALTER TABLE model_parameters ALTER COLUMN parameter_id TYPE TEXT COLLATE "default";
+ALTER TABLE parameter_updates ALTER COLUMN parameter_id TYPE TEXT COLLATE "default";
+ALTER TABLE snapshot_parameters ALTER COLUMN parameter_id TYPE TEXT COLLATE "default";
+CREATE MATERIALIZED VIEW current_model_state AS
+SELECT model_id, parameter_id, current_value, version, last_updated FROM model_parameters;
+CREATE UNIQUE INDEX current_model_state_pk ON current_model_state (model_id, parameter_id);
+"#;
+
+const V60: &str = include_str!("../../migrations/V60__parameter_id_collate_c.sql");
+
+async fn parameter_id_collations(pool: &sqlx::PgPool) -> Vec<(String, Option<String>)> {
+    sqlx::query_as(
+        "SELECT table_name::text, collation_name::text FROM information_schema.columns
+         WHERE table_schema = current_schema() AND column_name = 'parameter_id'
+           AND table_name IN ('model_parameters', 'parameter_updates', 'snapshot_parameters')
+         ORDER BY 1",
+    )
+    .fetch_all(pool)
+    .await
+    .unwrap()
+}
+
+/// A row of `olps_parameters_at`.
+type ParameterRow = (String, f64, f64, f64, i64, f64, f64, i64);
+/// The same, with the state as bits: (parameter_id, state, last_version).
+type ParameterBits = (String, [u64; 6], i64);
+
+/// Every version of a model through `olps_parameters_at`, values as bits.
+async fn every_version(pool: &sqlx::PgPool, id: Uuid) -> Vec<Vec<ParameterBits>> {
+    let current = crate::common::current_version(pool, id).await;
+    let mut versions = Vec::new();
+    for v in 0..=current {
+        let rows: Vec<ParameterRow> = sqlx::query_as("SELECT * FROM olps_parameters_at($1, $2)")
+            .bind(id)
+            .bind(v)
+            .fetch_all(pool)
+            .await
+            .unwrap();
+        let mut rows: Vec<_> = rows
+            .into_iter()
+            .map(|(p, value, m, var, count, mean, m2, last)| {
+                let bits = [
+                    value.to_bits(),
+                    m.to_bits(),
+                    var.to_bits(),
+                    count as u64,
+                    mean.to_bits(),
+                    m2.to_bits(),
+                ];
+                (p, bits, last)
+            })
+            .collect();
+        rows.sort();
+        versions.push(rows);
+    }
+    versions
+}
+
+#[tokio::test]
+async fn parameter_id_collate_c_migrates_a_database_with_history() {
+    use std::collections::BTreeMap;
+
+    use crate::common::*;
+    use olps::learner::{LearnerConfig, ModelKind};
+    use olps::timeline::rollback::RollbackTarget;
+
+    let db = TestDb::new().await;
+    let c = Some("C".to_string());
+    assert_eq!(
+        parameter_id_collations(&db.pool).await,
+        [
+            ("model_parameters".to_string(), c.clone()),
+            ("parameter_updates".to_string(), c.clone()),
+            ("snapshot_parameters".to_string(), c.clone()),
+        ],
+        "a new database has byte-order parameter ids"
+    );
+    sqlx::raw_sql(BEFORE_V60).execute(&db.pool).await.unwrap();
+    assert!(parameter_id_collations(&db.pool)
+        .await
+        .iter()
+        .all(|(_, c)| c.is_none()));
+
+    // A model with history, a snapshot and a rollback, under the old collation. The names mix
+    // upper and lower case, punctuation and non-ASCII letters, whose order differs between
+    // collations.
+    let pool = &db.pool;
+    let model = create_model(
+        pool,
+        "collate",
+        ModelKind::Logistic,
+        LearnerConfig::default(),
+    )
+    .await;
+    let id = model.model_id;
+    let rename = |rows: Vec<Row>| -> Vec<Row> {
+        rows.into_iter()
+            .map(|(features, label)| {
+                let features = features
+                    .into_iter()
+                    .map(|(name, x)| {
+                        let n: usize = name[1..].parse().unwrap();
+                        let name = match n % 4 {
+                            0 => format!("B{n}"),
+                            1 => format!("a{n}"),
+                            2 => format!("_é{n}"),
+                            _ => format!("Z-{n}"),
+                        };
+                        (name, x)
+                    })
+                    .collect();
+                (features, label)
+            })
+            .collect()
+    };
+    let mut recorded: BTreeMap<i64, State> = BTreeMap::new();
+    insert_stream(pool, id, &rename(sparse_stream(150, 4, 30, true, 7))).await;
+    step_all(pool, id, 50, &mut recorded).await;
+    let snapshot = committed::create_snapshot(pool, id, Some("before-v60"))
+        .await
+        .unwrap();
+    insert_stream(pool, id, &rename(sparse_stream(150, 4, 40, true, 8))).await;
+    step_all(pool, id, 50, &mut recorded).await;
+    committed::rollback(pool, id, &RollbackTarget::Snapshot("before-v60".into()))
+        .await
+        .unwrap();
+    let before = every_version(pool, id).await;
+    assert_eq!(before.len(), 8, "versions 0..=7");
+    assert_linear_history(pool, id).await;
+
+    sqlx::raw_sql(V60).execute(pool).await.unwrap();
+    // Statements prepared before the change that return parameter_id fail from now on ("cached
+    // plan must not change result type": the column's collation is part of its result type), so
+    // processes connected during the migration reconnect; so does this test.
+    db.pool.close().await;
+    let pool = &sqlx::PgPool::connect(&db.url).await.unwrap();
+
+    assert!(parameter_id_collations(pool)
+        .await
+        .iter()
+        .all(|(_, col)| *col == c));
+    assert_eq!(
+        every_version(pool, id).await,
+        before,
+        "every version reads the same, bit for bit, after the migration"
+    );
+    assert_linear_history(pool, id).await;
+    // The columns' own order is now byte order (as Rust sorts strings), index scans included.
+    let ordered: Vec<String> = sqlx::query_scalar(
+        "SELECT parameter_id FROM model_parameters WHERE model_id = $1 ORDER BY parameter_id",
+    )
+    .bind(id)
+    .fetch_all(pool)
+    .await
+    .unwrap();
+    let mut bytewise = ordered.clone();
+    bytewise.sort();
+    assert_eq!(ordered, bytewise);
+    // Rollback and roll-forward keep working on the rebuilt indexes.
+    let out = committed::rollback(pool, id, &RollbackTarget::Version(4))
+        .await
+        .unwrap();
+    assert!(out.parameters_changed > 0);
+    let now = State::load(pool, id).await;
+    let zero = olps::learner::ParamState::default();
+    for name in now.keys().chain(recorded[&4].keys()) {
+        assert_eq!(
+            state_bits(now.get(name).unwrap_or(&zero)),
+            state_bits(recorded[&4].get(name).unwrap_or(&zero)),
+            "parameter {name} after the rollback to version 4"
+        );
+    }
+    assert_eq!(snapshot.model_version, 3);
+    assert_linear_history(pool, id).await;
+    // The recreated view refreshes concurrently, as before.
+    sqlx::query("SELECT refresh_current_model_state()")
+        .execute(pool)
+        .await
+        .unwrap();
+    let in_view: i64 =
+        sqlx::query_scalar("SELECT count(*) FROM current_model_state WHERE model_id = $1")
+            .bind(id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    assert_eq!(in_view, now.len() as i64);
 }

@@ -198,7 +198,9 @@ async fn single_prediction_matches_learner_and_explains_unknown_features() {
             &json!({"features": features_json(&features)}),
         )
         .await;
-    assert_eq!(plain.as_object().unwrap().len(), 2, "{plain}");
+    // The prediction, its version and its id (issue 19).
+    assert_eq!(plain.as_object().unwrap().len(), 3, "{plain}");
+    assert!(plain["prediction_id"].is_string(), "{plain}");
     assert_eq!(plain["prediction"], answer["prediction"]);
 }
 

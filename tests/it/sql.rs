@@ -13,7 +13,7 @@ use uuid::Uuid;
 
 use crate::common::*;
 
-type Rows = Vec<HashMap<String, String>>;
+pub(crate) type Rows = Vec<HashMap<String, String>>;
 /// timestamp, update_type, source, learning_rate
 type UpdateRow = (DateTime<Utc>, String, Option<String>, Option<f64>);
 /// model_version, kind, rolled_back_to, examples, dead_lettered, parameters_changed, examples_seen
@@ -34,7 +34,7 @@ fn psql_binary() -> std::path::PathBuf {
 }
 
 /// Runs `sql/<file>` with psql and the given variables; returns its rows by column name.
-async fn run_sql(url: &str, file: &str, vars: &[(&str, String)]) -> Rows {
+pub(crate) async fn run_sql(url: &str, file: &str, vars: &[(&str, String)]) -> Rows {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/sql/").to_string() + file;
     let mut cmd = tokio::process::Command::new(psql_binary());
     cmd.arg(url)
@@ -91,17 +91,17 @@ fn parse_csv(text: &str) -> Vec<Vec<String>> {
     records
 }
 
-fn f(row: &HashMap<String, String>, column: &str) -> f64 {
+pub(crate) fn f(row: &HashMap<String, String>, column: &str) -> f64 {
     row[column]
         .parse()
         .unwrap_or_else(|_| panic!("{column}: '{}' is not a number", row[column]))
 }
 
-fn opt_f(row: &HashMap<String, String>, column: &str) -> Option<f64> {
+pub(crate) fn opt_f(row: &HashMap<String, String>, column: &str) -> Option<f64> {
     (!row[column].is_empty()).then(|| f(row, column))
 }
 
-fn i(row: &HashMap<String, String>, column: &str) -> i64 {
+pub(crate) fn i(row: &HashMap<String, String>, column: &str) -> i64 {
     row[column]
         .parse()
         .unwrap_or_else(|_| panic!("{column}: '{}' is not an integer", row[column]))
@@ -117,8 +117,10 @@ fn close(a: f64, b: f64) -> bool {
     (a - b).abs() <= 1e-12 * a.abs().max(b.abs()).max(1.0)
 }
 
-const FILES: [&str; 10] = [
+/// `challengers.sql` is checked by `shadow::comparison_from_route_sql_and_by_hand_agree`.
+const FILES: [&str; 11] = [
     "audit_trail.sql",
+    "challengers.sql",
     "dead_letters.sql",
     "parameter_history.sql",
     "parameters_at.sql",

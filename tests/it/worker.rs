@@ -8,12 +8,13 @@ use rand::{Rng, SeedableRng};
 
 use crate::common::*;
 
-const OPTIMIZERS: [(OptimizerKind, f64); 5] = [
+const OPTIMIZERS: [(OptimizerKind, f64); 6] = [
     (OptimizerKind::Sgd, 0.02),
     (OptimizerKind::Adagrad, 0.5),
     (OptimizerKind::Rmsprop, 0.01),
     (OptimizerKind::Adam, 0.05),
     (OptimizerKind::Ftrl, 0.5),
+    (OptimizerKind::Auto, 0.02),
 ];
 
 fn config(optimizer: OptimizerKind, learning_rate: f64) -> LearnerConfig {
@@ -323,15 +324,8 @@ async fn sigkill_at_random_moments_loses_and_duplicates_nothing() {
         } else {
             &["--batch-size", "250"]
         };
-        let args = [&["worker", "--poll-interval-ms", "20"][..], batches].concat();
-        let mut cmd = olps_command(None, Some(&db.url), &args);
-        cmd.env("OLPS_LOG", "warn")
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null());
-        if until_empty {
-            cmd.arg("--until-empty");
-        }
-        cmd.spawn().expect("spawn olps worker")
+        let args = [&["--poll-interval-ms", "20"][..], batches].concat();
+        spawn_quiet_worker(&db.url, &args, until_empty)
     };
     let applied = || async {
         sqlx::query_scalar::<_, i64>("SELECT count(*) FROM feedback_events WHERE processed")

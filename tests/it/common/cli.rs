@@ -122,6 +122,20 @@ impl Cli {
     }
 }
 
+/// `olps worker ARGS` (plus `--until-empty` when asked) started in the background against
+/// `url`, logging warnings only and printing nothing: a worker a test may SIGKILL.
+pub fn spawn_quiet_worker(url: &str, args: &[&str], until_empty: bool) -> std::process::Child {
+    let mut command = olps_command(None, Some(url), &[&["worker"][..], args].concat());
+    command
+        .env("OLPS_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    if until_empty {
+        command.arg("--until-empty");
+    }
+    command.spawn().expect("spawn olps worker")
+}
+
 /// A name no other test (or test process) uses: `PREFIX-PID-N-NANOS`.
 pub fn unique_name(prefix: &str) -> String {
     static COUNTER: AtomicU32 = AtomicU32::new(0);

@@ -114,10 +114,10 @@ impl TestDb {
             .await
             .expect("create test database");
         let nodes = citus_nodes(&mut conn).await;
-        conn.close().await.ok();
         if let Some(nodes) = &nodes {
-            make_citus_database(&admin, &name, nodes).await;
+            make_citus_database(&mut conn, &admin, &name, nodes).await;
         }
+        conn.close().await.ok();
         let url = with_database(&admin, &name);
         let pool = sqlx::postgres::PgPoolOptions::new()
             .max_connections(10)
@@ -264,9 +264,17 @@ async fn citus_nodes(admin: &mut PgConnection) -> Option<CitusNodes> {
     })
 }
 
+/// Shards per distributed table in a test database.
+const TEST_SHARD_COUNT: u32 = 4;
+
 /// Makes `name`, just created on the coordinator, a Citus database over the same nodes: created
 /// on each worker, the extension everywhere, the coordinator and the workers registered.
-async fn make_citus_database(admin: &str, name: &str, nodes: &CitusNodes) {
+async fn make_citus_database(
+    admin_conn: &mut PgConnection,
+    admin: &str,
+    name: &str,
+    nodes: &CitusNodes,
+) {
     for worker in &nodes.workers {
         let mut conn = PgConnection::connect(worker)
             .await
@@ -285,6 +293,14 @@ async fn make_citus_database(admin: &str, name: &str, nodes: &CitusNodes) {
             .unwrap();
         conn.close().await.ok();
     }
+    // Four shards per table instead of Citus's 32: distributing the schema took about 18 s per
+    // test database, and a test's few models need no more (two shards on each worker node).
+    sqlx::query(&format!(
+        "ALTER DATABASE \"{name}\" SET citus.shard_count = {TEST_SHARD_COUNT}"
+    ))
+    .execute(&mut *admin_conn)
+    .await
+    .unwrap();
     let mut conn = PgConnection::connect(&with_database(admin, name))
         .await
         .unwrap();

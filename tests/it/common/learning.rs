@@ -119,6 +119,15 @@ pub async fn assert_params_equal(
         .await
         .unwrap();
     assert_eq!(seen, expected.examples_seen);
+    // The model-level learner state too (drift detectors, the `auto` race's ranking).
+    let state: serde_json::Value =
+        sqlx::query_scalar("SELECT learner_state FROM models WHERE model_id = $1")
+            .bind(model_id)
+            .fetch_one(pool)
+            .await
+            .unwrap();
+    let state: olps::learner::ModelState = serde_json::from_value(state).unwrap();
+    assert_eq!(state, expected.model_state(), "learner_state");
 }
 
 /// Invariant 2: versions 1..=current without gaps, each history row's old_value is the previous

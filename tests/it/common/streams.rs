@@ -85,6 +85,7 @@ pub async fn insert_stream(pool: &PgPool, model: uuid::Uuid, rows: &[Row]) {
                 confidence: 1.0,
                 metadata: serde_json::json!({"features": features.iter().map(|(k, v)| (k.clone(), serde_json::json!(v))).collect::<serde_json::Map<String, Value>>()}),
                 timestamp: None,
+                prediction_id: None,
                 id: None,
             })
             .collect();
