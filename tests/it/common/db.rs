@@ -115,7 +115,21 @@ impl TestDb {
             .expect("create test database");
         let nodes = citus_nodes(&mut conn).await;
         if let Some(nodes) = &nodes {
+            // One test database at a time joins the cluster: adding a node replays cluster-wide
+            // objects (roles) on the worker, and two tests doing it at once failed CI with
+            // "failure on connection marked as essential". The lock is the admin database's, so it
+            // holds across test processes too; it is released with the session if a test panics.
+            sqlx::query("SELECT pg_advisory_lock($1)")
+                .bind(CITUS_SETUP_LOCK)
+                .execute(&mut conn)
+                .await
+                .expect("take the Citus setup lock");
             make_citus_database(&mut conn, &admin, &name, nodes).await;
+            sqlx::query("SELECT pg_advisory_unlock($1)")
+                .bind(CITUS_SETUP_LOCK)
+                .execute(&mut conn)
+                .await
+                .expect("release the Citus setup lock");
         }
         conn.close().await.ok();
         let url = with_database(&admin, &name);
@@ -267,6 +281,12 @@ async fn citus_nodes(admin: &mut PgConnection) -> Option<CitusNodes> {
 /// Shards per distributed table in a test database.
 const TEST_SHARD_COUNT: u32 = 4;
 
+/// Advisory lock key that serialises test databases joining the Citus cluster ("olpscits").
+const CITUS_SETUP_LOCK: i64 = 0x6f6c_7073_6369_7473;
+
+/// Attempts at registering a worker node before the test gives up.
+const ADD_NODE_ATTEMPTS: u32 = 3;
+
 /// Makes `name`, just created on the coordinator, a Citus database over the same nodes: created
 /// on each worker, the extension everywhere, the coordinator and the workers registered.
 async fn make_citus_database(
@@ -314,14 +334,42 @@ async fn make_citus_database(
         .execute(&mut conn)
         .await
         .unwrap();
+    conn.close().await.ok();
     for worker in &nodes.workers {
         let url = url::Url::parse(worker).unwrap();
-        sqlx::query("SELECT citus_add_node($1, $2)")
-            .bind(url.host_str().unwrap())
-            .bind(url.port().unwrap_or(5432) as i32)
-            .execute(&mut conn)
-            .await
-            .expect("add a worker node to the test database");
+        add_worker_node(
+            &with_database(admin, name),
+            url.host_str().unwrap(),
+            url.port().unwrap_or(5432) as i32,
+        )
+        .await;
     }
-    conn.close().await.ok();
+}
+
+/// Registers a worker node in the test database. Citus reports a failure on the worker only as
+/// "failure on connection marked as essential" (its cause goes to the worker's log), and a second
+/// try on a new session is what Citus's issue 7830 found to work, so a failed add is retried a
+/// few times; the add is one transaction, so a failed one leaves nothing behind.
+async fn add_worker_node(database: &str, host: &str, port: i32) {
+    let mut attempt = 1;
+    loop {
+        let mut conn = PgConnection::connect(database).await.unwrap();
+        let added = sqlx::query("SELECT citus_add_node($1, $2)")
+            .bind(host)
+            .bind(port)
+            .execute(&mut conn)
+            .await;
+        conn.close().await.ok();
+        match added {
+            Ok(_) => return,
+            Err(error) if attempt < ADD_NODE_ATTEMPTS => {
+                eprintln!("citus_add_node({host}, {port}) failed (attempt {attempt}): {error}");
+                attempt += 1;
+                tokio::time::sleep(Duration::from_millis(500 * u64::from(attempt))).await;
+            }
+            Err(error) => panic!(
+                "add the worker node {host}:{port} to the test database after {attempt} attempts: {error}"
+            ),
+        }
+    }
 }
