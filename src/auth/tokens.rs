@@ -124,6 +124,9 @@ pub fn validate_name(name: &str) -> Result<(), TokenError> {
     if Uuid::parse_str(name).is_ok() {
         return invalid("must not be a UUID (tokens are addressed by UUID or name)");
     }
+    if name == "." || name == ".." {
+        return invalid("must not be '.' or '..' (URLs drop such path segments)");
+    }
     Ok(())
 }
 

@@ -94,6 +94,9 @@ pub fn validate_label(label: &str) -> Result<(), TimelineError> {
     if Uuid::parse_str(label).is_ok() {
         return invalid("must not be a UUID (snapshots are addressed by UUID or label)");
     }
+    if label == "." || label == ".." {
+        return invalid("must not be '.' or '..' (URLs drop such path segments)");
+    }
     if is_system_label(label) {
         return invalid(&format!(
             "labels starting with '{SYSTEM_LABEL_PREFIX}' are reserved for the snapshots olps \

@@ -553,8 +553,10 @@ async fn verified_tokens_are_cached_and_a_revocation_elsewhere_lands_within_the_
             break;
         }
         assert_eq!(status, 200);
+        // The period, or, when the recheck is slower than STALE_PATIENCE on a loaded machine,
+        // the stale answer until UNREACHABLE_PAUSE has passed too (src/auth/cache.rs).
         assert!(
-            revoked_at.elapsed() < Duration::from_millis(1500),
+            revoked_at.elapsed() < Duration::from_millis(3000),
             "still accepted {:?} after the revocation",
             revoked_at.elapsed()
         );

@@ -88,6 +88,9 @@ async fn bad_model_requests_are_4xx_and_store_nothing() {
             "UUID",
         ),
         (json!({"name": "x".repeat(201), "kind": "linear"}), "200"),
+        // A path segment URLs drop: the model could never be addressed by name.
+        (json!({"name": ".", "kind": "linear"}), "'.' or '..'"),
+        (json!({"name": "..", "kind": "linear"}), "'.' or '..'"),
     ];
     for (body, needle) in cases {
         let (status, response) = app.post("/v1/models", &body).await;

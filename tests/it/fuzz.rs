@@ -593,9 +593,17 @@ fn request_strategy(ops: usize, names: &[String]) -> impl Strategy<Value = Reque
 
 /// Percent-encodes a path segment or query component (everything but unreserved characters),
 /// cut to 2,000 characters: URLs longer than a few KiB cannot even be sent (the client refuses
-/// URIs over 64 KiB, and proxies cut at 8 KiB), so the very long strings go into bodies.
+/// URIs over 64 KiB, and proxies cut at 8 KiB), so the very long strings go into bodies. A
+/// segment of only "." or ".." cannot be sent at all: URL parsing removes it, encoded or not
+/// (`/v1/models/./feedback` arrives as `/v1/models/feedback`), and names refuse both; such a
+/// string is sent as "...", a name like any other.
 fn encode(s: &str) -> String {
     let s: String = s.chars().take(2000).collect();
+    let s = if s == "." || s == ".." {
+        "...".to_string()
+    } else {
+        s
+    };
     let mut out = String::new();
     for b in s.bytes() {
         if b.is_ascii_alphanumeric() || b"-._~".contains(&b) {

@@ -163,8 +163,8 @@ async fn a_worker_started_while_the_database_is_down_listens_once_it_is_up() {
             break;
         }
         assert!(
-            up.elapsed() < Duration::from_secs(15),
-            "the worker's LISTEN connection did not come up within 15 s of the database"
+            up.elapsed() < Duration::from_secs(30),
+            "the worker's LISTEN connection did not come up within 30 s of the database"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }

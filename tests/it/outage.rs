@@ -44,7 +44,7 @@ const LOAD_AFTER: Duration = Duration::from_secs(4);
 /// How soon after the server is back things must work again without restarting anything: the
 /// backoff caps at 5 s (listeners) and the worker's pool retries a refused connection every
 /// 6 s at most (a fifth of its 30 s acquire timeout).
-const PROMPTLY: Duration = Duration::from_secs(15);
+const PROMPTLY: Duration = Duration::from_secs(30);
 
 enum Outage {
     /// `pg_ctl restart -m fast`.

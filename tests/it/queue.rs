@@ -418,12 +418,6 @@ async fn drained_generations_are_truncated_under_a_held_snapshot_and_nothing_is_
     {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    tokio::time::sleep(Duration::from_millis(1000)).await;
-    let (truncations, moved): (i64, i64) =
-        sqlx::query_as("SELECT truncations, moved_rows FROM feedback_queue_rotation")
-            .fetch_one(&db.pool)
-            .await
-            .unwrap();
     // Still held: the snapshot saw none of this run's events.
     let seen_now: i64 = sqlx::query_scalar("SELECT count(*) FROM feedback_events")
         .fetch_one(&mut analyst)
@@ -442,12 +436,19 @@ async fn drained_generations_are_truncated_under_a_held_snapshot_and_nothing_is_
     assert!(held.is_some(), "the analyst holds back the xmin horizon");
     // The heap of the generations; on a loaded machine a rotation attempt may miss its lock
     // and back off, so wait (a bounded time) for the last one, the snapshot still held.
+    // The rotation counters are read in the same wait: a missed lock backs off 2, 4, 8 s.
     let bound = fed as f64 * 110.0 / 4.0;
     let deadline = Instant::now() + Duration::from_secs(40);
-    let bytes_during_hold = loop {
+    let (bytes_during_hold, truncations, moved) = loop {
         let bytes = generation_bytes(&db.pool, true).await;
-        if (bytes as f64) < bound || Instant::now() > deadline {
-            break bytes;
+        let (truncations, moved): (i64, i64) =
+            sqlx::query_as("SELECT truncations, moved_rows FROM feedback_queue_rotation")
+                .fetch_one(&db.pool)
+                .await
+                .unwrap();
+        let done = (bytes as f64) < bound && truncations >= 2 && moved >= idle_rows.len() as i64;
+        if done || Instant::now() > deadline {
+            break (bytes, truncations, moved);
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     };
@@ -564,12 +565,22 @@ async fn rotation_gives_up_quickly_on_a_locked_generation_and_backs_off() {
     .unwrap();
     assert_eq!(failures, 1);
     assert!(wait_s > 0.0, "the next attempt backs off");
-    // Backing off: an immediate retry does not wait for the lock at all.
-    let started = Instant::now();
-    olps::worker::maintenance::rotate_queue(&db.pool)
+    // Backing off: a retry before the next attempt is due does not try the lock at all. The
+    // first back-off is 1 s, which a loaded machine can spend before the retry below; the due
+    // time is moved out so that the retry is surely early (the back-off itself is shown above).
+    sqlx::query("UPDATE feedback_queue_rotation SET next_attempt_at = now() + interval '60 s'")
+        .execute(&db.pool)
         .await
         .unwrap();
-    assert!(started.elapsed() < Duration::from_millis(150));
+    let done = olps::worker::maintenance::rotate_queue(&db.pool)
+        .await
+        .unwrap();
+    assert!(done.is_empty());
+    let failures_after: i32 = sqlx::query_scalar("SELECT failures FROM feedback_queue_rotation")
+        .fetch_one(&db.pool)
+        .await
+        .unwrap();
+    assert_eq!(failures_after, 1, "an early retry made no attempt");
     sqlx::query("COMMIT").execute(&mut analyst).await.unwrap();
     // Once the analyst is gone and the back-off has passed, the generation is truncated.
     sqlx::query("UPDATE feedback_queue_rotation SET next_attempt_at = now()")

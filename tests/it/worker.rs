@@ -59,6 +59,105 @@ async fn stream_through_postgres_equals_learner_in_memory_for_every_optimizer() 
     }
 }
 
+/// The worker writes a parameter it holds as an update and one it lacks as an insert, without
+/// probing the table (src/params.rs). A row removed by hand, outside a version, must then fail the
+/// batch as a whole, not lose the update: the worker drops its cache, reads the table again and
+/// learns the same rows on what the table holds, dead-lettering nothing.
+#[tokio::test]
+async fn a_parameter_row_changed_by_hand_fails_the_batch_and_the_retry_learns_from_the_table() {
+    use olps::worker::{Worker, WorkerConfig};
+    use tokio_util::sync::CancellationToken;
+
+    let (db, model) = TestDb::with_model("by-hand", ModelKind::Linear).await;
+    let rows = seed_stream();
+    let (first, second) = rows[..600].split_at(300);
+    // The second part also touches a parameter the worker has never seen, inserted by hand.
+    let second: Vec<Row> = second
+        .iter()
+        .map(|(features, label)| {
+            let mut features = features.clone();
+            features.push(("by_hand".to_string(), 0.5));
+            (features, *label)
+        })
+        .collect();
+    let mut worker = Worker::new(
+        db.pool.clone(),
+        WorkerConfig {
+            batch_size: 50,
+            poll_interval: Duration::from_millis(20),
+            until_empty: true,
+            ..Default::default()
+        },
+    );
+    insert_stream(&db.pool, model.model_id, first).await;
+    let stats = worker.run(CancellationToken::new()).await.unwrap();
+    assert_eq!((stats.examples, stats.failures), (300, 0));
+
+    // By hand, with no new version: x2 removed, by_hand added.
+    let removed =
+        sqlx::query("DELETE FROM model_parameters WHERE model_id = $1 AND parameter_id = 'x2'")
+            .bind(model.model_id)
+            .execute(&db.pool)
+            .await
+            .unwrap();
+    assert_eq!(removed.rows_affected(), 1);
+    sqlx::query(
+        "INSERT INTO model_parameters (model_id, parameter_id, current_value, version)
+         VALUES ($1, 'by_hand', 0.25, 0)",
+    )
+    .bind(model.model_id)
+    .execute(&db.pool)
+    .await
+    .unwrap();
+    let version_before = current_version(&db.pool, model.model_id).await;
+    let hand = olps::params::load(&db.pool, model.model_id, &["by_hand"])
+        .await
+        .unwrap();
+    assert_eq!(hand.len(), 1);
+
+    insert_stream(&db.pool, model.model_id, &second).await;
+    let stats = worker.run(CancellationToken::new()).await.unwrap();
+    assert_eq!(stats.examples, 300, "every row of the second part learned");
+    assert_eq!(stats.dead, 0, "nothing dead-lettered: {stats:?}");
+    assert!(
+        stats.failures >= 1,
+        "the first batch after the change must fail, not write over a missing row: {stats:?}"
+    );
+
+    // What the worker should have learned: the table as the hand left it, then the second part.
+    let mut expected = learn_in_memory(&model, first);
+    expected.params.remove("x2");
+    expected.params.extend(hand);
+    for (features, label) in &second {
+        let example = olps::learner::Example::new(features.clone(), *label, 1.0).unwrap();
+        expected.learn(&example);
+    }
+    assert_params_equal(&db.pool, model.model_id, &expected).await;
+    // Exactly once: every event applied by one version, none twice.
+    let (applied, versions): (i64, i64) = sqlx::query_as(
+        "SELECT count(*), count(DISTINCT applied_version) FROM feedback_events
+         WHERE model_id = $1 AND processed AND applied_version > $2",
+    )
+    .bind(model.model_id)
+    .bind(version_before)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(applied, 300);
+    assert_eq!(versions, 6, "batches of 50");
+    // x2's history restarts at the version that re-created it, from no old value.
+    let restarted: Option<f64> = sqlx::query_scalar(
+        "SELECT old_value FROM parameter_updates
+         WHERE model_id = $1 AND parameter_id = 'x2' AND model_version = $2",
+    )
+    .bind(model.model_id)
+    .bind(version_before + 1)
+    .fetch_one(&db.pool)
+    .await
+    .unwrap();
+    assert_eq!(restarted, None);
+}
+
 #[tokio::test]
 async fn learns_seed_stream_and_separable_stream_with_defaults() {
     let (db, linear) = TestDb::with_model("seed", ModelKind::Linear).await;
