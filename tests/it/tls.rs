@@ -230,7 +230,25 @@ fn verification_refuses_a_server_whose_certificate_no_root_vouches_for() {
             sqlx::query(sql).execute(&mut conn).await.unwrap();
         }
         conn.close().await.ok();
-        tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+        // The postmaster rereads its configuration asynchronously: wait until a new session
+        // sees SSL on (a fixed pause was too short on a loaded machine).
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            let mut conn = PgConnection::connect(&cluster.url).await.unwrap();
+            let ssl: String = sqlx::query_scalar("SHOW ssl")
+                .fetch_one(&mut conn)
+                .await
+                .unwrap();
+            conn.close().await.ok();
+            if ssl == "on" {
+                break;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "ssl still off 30 s after pg_reload_conf()"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
 
         // Its own certificate as the root: both connections verify it.
         let url = with_params(
