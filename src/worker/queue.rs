@@ -263,8 +263,9 @@ pub async fn claim(
     .bind(LOWER_LEVEL_SPACING)
     .fetch_all(conn)
     .await?;
-    // The lock above looks each chosen row up by primary key, in its generation only; a
-    // condition on `status` there would let the planner walk the claim index instead.
+    // The `fair` branch locks each chosen row by primary key, in its generation only, without a
+    // condition on `status` (one there would let the planner walk the claim index instead), so
+    // a row whose status changed since the ranking's snapshot is dropped here.
     rows.retain(|r| r.status == "pending");
     // In queue order: the order the learner applies a batch in, whichever rows it holds.
     rows.sort_by(|a, b| {
